@@ -24,6 +24,7 @@
 //! per level. A grid of 10^10 blocks costs a few hundred bytes.
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use serde::{Deserialize, Serialize};
 
@@ -192,17 +193,29 @@ impl GridBox {
 
     /// Calls `f` on every grid index in the box, last axis fastest.
     pub fn for_each(&self, mut f: impl FnMut(Coordinate)) {
+        let _ = self.try_for_each(|k| {
+            f(k);
+            ControlFlow::Continue(())
+        });
+    }
+
+    /// Calls `f` on every grid index in the box, last axis fastest, until
+    /// `f` breaks.
+    pub fn try_for_each(
+        &self,
+        mut f: impl FnMut(Coordinate) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         if self.is_empty() {
-            return;
+            return ControlFlow::Continue(());
         }
         let dims = self.begin.dims();
         let mut k = self.begin;
         loop {
-            f(k);
+            f(k)?;
             let mut axis = dims;
             loop {
                 if axis == 0 {
-                    return;
+                    return ControlFlow::Continue(());
                 }
                 axis -= 1;
                 let next = k[axis] + 1;

@@ -4,9 +4,14 @@
 mod cantor;
 mod coordinate;
 pub mod grid;
+pub mod pipeline;
+pub mod plan;
 mod roi;
+pub mod spec;
 
 pub use cantor::{cantor_number, cantor_point};
 pub use coordinate::{Coordinate, MAX_DIMS, TooManyDims};
 pub use grid::{BlockGrid, BlockId, BlockIndex, Fit, GridBox, GridError};
+pub use pipeline::{Block, BlockKey, Pipeline, PipelineError, PipelineTask, TaskIndex};
 pub use roi::{Roi, SnapMode};
+pub use spec::{ProcessSpec, SpecError, TaskId, TaskSpec, parse_pipeline};

@@ -1,0 +1,523 @@
+//! Task specifications and the pipeline file format (TOML).
+//!
+//! ```toml
+//! [[task]]
+//! id = "smooth"                                  # unique; [A-Za-z0-9_-]+
+//! total_roi = { offset = [0, 0, 0], shape = [1024, 1024, 1024] }
+//! read_roi  = { offset = [0, 0, 0], shape = [72, 72, 72] }
+//! write_roi = { offset = [4, 4, 4], shape = [64, 64, 64] }
+//! fit = "valid"                                  # valid | overhang | shrink
+//! read_write_conflict = true
+//! max_workers = 8
+//! max_retries = 2
+//! timeout = "10m"
+//! upstream = ["raw"]
+//! worker = ["python3", "smooth.py"]              # or: command = ["./process-block"]
+//! check = ["python3", "is_done.py"]              # optional
+//! ```
+//!
+//! Parsing checks the *form* (unknown keys and wrong types are errors with
+//! line and column); [`Pipeline::new`](crate::Pipeline::new) checks the
+//! *meaning* (ROIs that tile, upstream tasks that exist, no cycles).
+//! Defaults are Daisy's: fit valid, conflicts on, two retries, one worker,
+//! and (Daisy 2.0's) a 10 minute block timeout and ten worker restarts.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Coordinate, Fit, Roi};
+
+/// A task's unique name within a pipeline: `[A-Za-z0-9_-]+`.
+///
+/// The restriction keeps ids safe as log directory names and as NATS
+/// subject tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(String);
+
+impl TaskId {
+    /// Checks and wraps a task id.
+    ///
+    /// # Errors
+    /// [`InvalidTaskId`] if the id is empty, longer than 64 characters, or
+    /// has a character outside `[A-Za-z0-9_-]`.
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidTaskId> {
+        let id = id.into();
+        let valid_chars = id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if id.is_empty() || id.len() > 64 || !valid_chars {
+            return Err(InvalidTaskId { id });
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A task id with characters outside `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "task id {id:?} is not valid: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-' (it \
+     names log directories and message subjects)"
+)]
+pub struct InvalidTaskId {
+    /// The rejected id.
+    pub id: String,
+}
+
+/// What processes a task's blocks when the task comes from a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessSpec {
+    /// A long-lived process per worker slot, one JSON line per block in and
+    /// one out (`worker = [cmd, args...]`).
+    Worker(Vec<String>),
+    /// One process per block, the block in the environment
+    /// (`command = [cmd, args...]`).
+    Command(Vec<String>),
+}
+
+/// Everything that defines a task, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Unique name of the task.
+    pub id: TaskId,
+    /// The region tiled by blocks, including the context of the outer blocks.
+    pub total_roi: Roi,
+    /// The template of a block's read ROI (only its offset relative to
+    /// `write_roi` matters).
+    pub read_roi: Roi,
+    /// The template of a block's write ROI.
+    pub write_roi: Roi,
+    /// What happens to blocks at the boundary.
+    pub fit: Fit,
+    /// Whether blocks whose read and write ROIs overlap must not run at the
+    /// same time.
+    pub read_write_conflict: bool,
+    /// How many blocks of this task may be processed at once.
+    pub max_workers: u32,
+    /// How many times a failed block is tried again (so `max_retries + 1`
+    /// attempts in all).
+    pub max_retries: u32,
+    /// How many times the task's worker processes may be restarted after
+    /// dying before the task is abandoned.
+    pub max_worker_restarts: u32,
+    /// How long one attempt at a block may run before it is killed and
+    /// counted as failed.
+    #[serde(with = "duration_seconds")]
+    pub timeout: Duration,
+    /// Tasks whose output this task reads: a block waits for every block of
+    /// these tasks whose write ROI intersects its read ROI.
+    pub upstream: Vec<TaskId>,
+    /// What processes a block; `None` when the library user supplies a
+    /// closure.
+    pub process: Option<ProcessSpec>,
+    /// An optional command that says whether a block is already done
+    /// (exit status 0 = done, skip it).
+    pub check: Option<Vec<String>>,
+}
+
+/// The default number of retries of a failed block (Daisy's).
+pub const DEFAULT_MAX_RETRIES: u32 = 2;
+/// The default cap on worker restarts per task (Daisy 2.0's).
+pub const DEFAULT_MAX_WORKER_RESTARTS: u32 = 10;
+/// The default block timeout (Daisy 2.0's).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl TaskSpec {
+    /// A task with Daisy's defaults for everything but its id and ROIs.
+    pub fn new(id: TaskId, total_roi: Roi, read_roi: Roi, write_roi: Roi) -> Self {
+        Self {
+            id,
+            total_roi,
+            read_roi,
+            write_roi,
+            fit: Fit::Valid,
+            read_write_conflict: true,
+            max_workers: 1,
+            max_retries: DEFAULT_MAX_RETRIES,
+            max_worker_restarts: DEFAULT_MAX_WORKER_RESTARTS,
+            timeout: DEFAULT_TIMEOUT,
+            upstream: Vec::new(),
+            process: None,
+            check: None,
+        }
+    }
+}
+
+mod duration_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(value.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let seconds = f64::deserialize(deserializer)?;
+        Duration::try_from_secs_f64(seconds).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Why a pipeline file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The file is not valid TOML, has an unknown key or a value of the
+    /// wrong type. The message carries line and column.
+    #[error("{message}")]
+    Syntax {
+        /// The parser's message, with line, column and the offending line.
+        message: String,
+        /// 1-based line of the problem, when known.
+        line: Option<usize>,
+        /// 1-based column of the problem, when known.
+        column: Option<usize>,
+    },
+    /// A task entry is well-formed TOML but not a valid task.
+    #[error("task {task:?}: {field}: {problem}")]
+    Task {
+        /// The task's id (or its position if the id is the problem).
+        task: String,
+        /// The key at fault.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The file has no `[[task]]` entry.
+    #[error("the pipeline has no tasks: add at least one [[task]] table")]
+    NoTasks,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    #[serde(default)]
+    task: Vec<TaskEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoiEntry {
+    offset: Vec<i64>,
+    shape: Vec<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeoutEntry {
+    Seconds(f64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskEntry {
+    id: String,
+    total_roi: RoiEntry,
+    read_roi: RoiEntry,
+    write_roi: RoiEntry,
+    #[serde(default)]
+    fit: Fit,
+    #[serde(default = "default_true")]
+    read_write_conflict: bool,
+    #[serde(default = "default_one", alias = "num_workers")]
+    max_workers: u32,
+    #[serde(default = "default_max_retries")]
+    max_retries: u32,
+    #[serde(default = "default_max_worker_restarts")]
+    max_worker_restarts: u32,
+    timeout: Option<TimeoutEntry>,
+    #[serde(default)]
+    upstream: Vec<String>,
+    worker: Option<Vec<String>>,
+    command: Option<Vec<String>>,
+    check: Option<Vec<String>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_max_retries() -> u32 {
+    DEFAULT_MAX_RETRIES
+}
+fn default_max_worker_restarts() -> u32 {
+    DEFAULT_MAX_WORKER_RESTARTS
+}
+
+/// Parses a pipeline file's text into task specs (form only; see
+/// [`Pipeline::new`](crate::Pipeline::new) for the meaning).
+///
+/// # Errors
+/// [`SpecError`] with line and column for syntax, unknown keys and types,
+/// or naming the task and key for values that are not valid.
+pub fn parse_pipeline(text: &str) -> Result<Vec<TaskSpec>, SpecError> {
+    let file: PipelineFile = toml::from_str(text).map_err(|err| {
+        let (line, column) = match err.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                (Some(line), Some(column))
+            }
+            None => (None, None),
+        };
+        SpecError::Syntax {
+            message: err.to_string().trim_end().to_owned(),
+            line,
+            column,
+        }
+    })?;
+    if file.task.is_empty() {
+        return Err(SpecError::NoTasks);
+    }
+    file.task
+        .into_iter()
+        .enumerate()
+        .map(|(position, entry)| task_from_entry(position, entry))
+        .collect()
+}
+
+fn task_from_entry(position: usize, entry: TaskEntry) -> Result<TaskSpec, SpecError> {
+    let id = TaskId::new(entry.id.clone()).map_err(|err| SpecError::Task {
+        task: format!("#{} ({:?})", position + 1, entry.id),
+        field: "id",
+        problem: err.to_string(),
+    })?;
+    let task_error = |field: &'static str, problem: String| SpecError::Task {
+        task: id.to_string(),
+        field,
+        problem,
+    };
+    let roi = |field: &'static str, roi: &RoiEntry| -> Result<Roi, SpecError> {
+        if roi.offset.len() != roi.shape.len() {
+            return Err(task_error(
+                field,
+                format!(
+                    "offset has {} values but shape has {}: give one value per axis in both",
+                    roi.offset.len(),
+                    roi.shape.len()
+                ),
+            ));
+        }
+        let offset = Coordinate::new(&roi.offset).map_err(|e| task_error(field, e.to_string()))?;
+        let shape = Coordinate::new(&roi.shape).map_err(|e| task_error(field, e.to_string()))?;
+        Ok(Roi::new(offset, shape))
+    };
+    let total_roi = roi("total_roi", &entry.total_roi)?;
+    let read_roi = roi("read_roi", &entry.read_roi)?;
+    let write_roi = roi("write_roi", &entry.write_roi)?;
+    let timeout = match entry.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(TimeoutEntry::Seconds(seconds)) => {
+            Duration::try_from_secs_f64(seconds).map_err(|_| {
+                task_error(
+                    "timeout",
+                    format!("{seconds} is not a valid number of seconds"),
+                )
+            })?
+        }
+        Some(TimeoutEntry::Text(text)) => humantime::parse_duration(&text).map_err(|err| {
+            task_error(
+                "timeout",
+                format!(
+                    "{text:?} is not a duration ({err}): write e.g. \"90s\", \"10m\" or \"2h\""
+                ),
+            )
+        })?,
+    };
+    let process = match (entry.worker, entry.command) {
+        (Some(_), Some(_)) => {
+            return Err(task_error(
+                "worker",
+                "both worker and command are set: keep worker (one long-lived process per \
+                 worker, JSON lines) or command (one process per block)"
+                    .into(),
+            ));
+        }
+        (Some(worker), None) => Some(ProcessSpec::Worker(non_empty(
+            worker,
+            "worker",
+            &task_error,
+        )?)),
+        (None, Some(command)) => Some(ProcessSpec::Command(non_empty(
+            command,
+            "command",
+            &task_error,
+        )?)),
+        (None, None) => {
+            return Err(task_error(
+                "worker",
+                "nothing processes the blocks: set worker = [\"python3\", \"process.py\"] (a \
+                 long-lived process speaking JSON lines) or command = [\"./process-block\"] (one \
+                 process per block)"
+                    .into(),
+            ));
+        }
+    };
+    let check = entry
+        .check
+        .map(|check| non_empty(check, "check", &task_error))
+        .transpose()?;
+    let upstream = entry
+        .upstream
+        .into_iter()
+        .map(|up| TaskId::new(up).map_err(|err| task_error("upstream", err.to_string())))
+        .collect::<Result<_, _>>()?;
+    Ok(TaskSpec {
+        id,
+        total_roi,
+        read_roi,
+        write_roi,
+        fit: entry.fit,
+        read_write_conflict: entry.read_write_conflict,
+        max_workers: entry.max_workers,
+        max_retries: entry.max_retries,
+        max_worker_restarts: entry.max_worker_restarts,
+        timeout,
+        upstream,
+        process,
+        check,
+    })
+}
+
+fn non_empty(
+    argv: Vec<String>,
+    field: &'static str,
+    task_error: &impl Fn(&'static str, String) -> SpecError,
+) -> Result<Vec<String>, SpecError> {
+    if argv.first().is_none_or(|program| program.trim().is_empty()) {
+        return Err(task_error(field, "the command is empty: give the program and its arguments, e.g. [\"python3\", \"script.py\"]".into()));
+    }
+    Ok(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[task]]
+id = "a"
+total_roi = { offset = [0, 0], shape = [6, 6] }
+read_roi = { offset = [0, 0], shape = [3, 3] }
+write_roi = { offset = [1, 1], shape = [1, 1] }
+command = ["true"]
+"#;
+
+    #[test]
+    fn defaults_are_daisys() {
+        let tasks = parse_pipeline(MINIMAL).unwrap();
+        let task = &tasks[0];
+        assert_eq!(task.fit, Fit::Valid);
+        assert!(task.read_write_conflict);
+        assert_eq!(
+            (task.max_workers, task.max_retries, task.max_worker_restarts),
+            (1, 2, 10)
+        );
+        assert_eq!(task.timeout, Duration::from_secs(600));
+        assert_eq!(
+            task.process,
+            Some(ProcessSpec::Command(vec!["true".into()]))
+        );
+    }
+
+    #[test]
+    fn timeouts_parse_as_text_or_seconds() {
+        let with = |timeout: &str| {
+            parse_pipeline(&format!("{MINIMAL}timeout = {timeout}\n")).map(|t| t[0].timeout)
+        };
+        assert_eq!(with("\"10m\""), Ok(Duration::from_secs(600)));
+        assert_eq!(with("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(matches!(
+            with("\"soon\""),
+            Err(SpecError::Task {
+                field: "timeout",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn num_workers_is_an_alias() {
+        let tasks = parse_pipeline(&format!("{MINIMAL}num_workers = 4\n")).unwrap();
+        assert_eq!(tasks[0].max_workers, 4);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_line_and_column() {
+        let err = parse_pipeline(&format!("{MINIMAL}max_worker = 4\n")).unwrap_err();
+        match err {
+            SpecError::Syntax { line, message, .. } => {
+                assert_eq!(line, Some(8));
+                assert!(message.contains("max_worker"), "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn type_errors_have_a_line() {
+        let text = MINIMAL.replace("shape = [6, 6]", "shape = [6, \"6\"]");
+        assert!(matches!(
+            parse_pipeline(&text),
+            Err(SpecError::Syntax { line: Some(4), .. })
+        ));
+    }
+
+    #[test]
+    fn a_task_needs_exactly_one_way_to_process() {
+        let none = MINIMAL.replace("command = [\"true\"]", "");
+        assert!(matches!(
+            parse_pipeline(&none),
+            Err(SpecError::Task {
+                field: "worker",
+                ..
+            })
+        ));
+        let both = format!("{MINIMAL}worker = [\"python3\"]\n");
+        assert!(matches!(
+            parse_pipeline(&both),
+            Err(SpecError::Task {
+                field: "worker",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_ids_and_mismatched_rois() {
+        let bad_id = MINIMAL.replace("id = \"a\"", "id = \"a:b\"");
+        assert!(matches!(
+            parse_pipeline(&bad_id),
+            Err(SpecError::Task { field: "id", .. })
+        ));
+        let ragged = MINIMAL.replace(
+            "offset = [0, 0], shape = [3, 3]",
+            "offset = [0], shape = [3, 3]",
+        );
+        assert!(matches!(
+            parse_pipeline(&ragged),
+            Err(SpecError::Task {
+                field: "read_roi",
+                ..
+            })
+        ));
+        assert_eq!(parse_pipeline(""), Err(SpecError::NoTasks));
+    }
+}
