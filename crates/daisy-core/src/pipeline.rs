@@ -426,7 +426,13 @@ impl Pipeline {
         if task.downstream.is_empty() {
             return;
         }
-        let write_roi = task.grid.write_roi(k);
+        // Daisy counts only the part of a write ROI inside the total write
+        // ROI (an overhanging block writes nothing its downstream waits for
+        // beyond it); this mirrors `blocks_writing_into`.
+        let write_roi = task
+            .grid
+            .write_roi(k)
+            .intersect(&task.grid.total_write_roi());
         for &down in &task.downstream {
             let grid = &self.task(down).grid;
             grid.blocks_reading_from(&write_roi).for_each(|n| {
@@ -465,16 +471,14 @@ impl Pipeline {
     }
 }
 
-/// The region the blocks of a grid write, together.
-fn written_region(grid: &BlockGrid) -> Roi {
-    let region = Roi::new(
+/// The region the blocks of a grid write, as far as downstream tasks see
+/// it: the union of their write ROIs within the total write ROI.
+pub(crate) fn written_region(grid: &BlockGrid) -> Roi {
+    Roi::new(
         grid.total_write_roi().begin(),
         grid.grid_shape() * grid.write_shape(),
-    );
-    match grid.fit() {
-        crate::Fit::Shrink => region.intersect(&grid.total_write_roi()),
-        crate::Fit::Valid | crate::Fit::Overhang => region,
-    }
+    )
+    .intersect(&grid.total_write_roi())
 }
 
 /// Kahn's algorithm, taking ready tasks in the order given.
