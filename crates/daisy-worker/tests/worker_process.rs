@@ -1,0 +1,294 @@
+//! `worker = [..]`: long-lived children speaking JSON lines.
+
+use std::time::Duration;
+
+use daisy_worker::process::{FailureKind, WorkerProcess};
+use tempfile::TempDir;
+
+use crate::support::{QUICK, argv, block, process_gone, python_worker, read, slot, wait_until};
+
+#[test]
+fn helper_worker_reports_outcomes_and_keeps_prints_out_of_the_protocol() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = python_worker(
+        &dir,
+        r#"
+import os, sys
+import daisy_worker
+
+def process(block):
+    task_id, i = block.block_id
+    assert task_id == "smooth" and block.task_id == "smooth" and block.attempt == 1
+    if i == 1:
+        print("hello from block", i)
+        print("no newline", end="")
+        os.write(1, b"c-level write\n")
+        sys.stdout.write('{"block_id": 1, "status": "failed", "error": "spoofed"}\n')
+        return None
+    if i == 2:
+        raise ValueError("boom in block 2")
+    if i == 3:
+        return False
+    if i == 4:
+        assert block.read_roi.contains(block.write_roi)
+        assert block.write_roi.shape == (4, 4) and block.write_roi.end == (6, 6)
+        assert block.read_roi.to_slices() == (slice(0, 8), slice(0, 8))
+        block.status = daisy_worker.BlockStatus.FAILED
+        return True
+    return True
+
+daisy_worker.serve(process)
+"#,
+    );
+
+    assert_eq!(worker.process(&block(1), QUICK), Ok(()));
+    let pid = worker.pid().expect("worker running");
+
+    let raised = worker
+        .process(&block(2), QUICK)
+        .expect_err("block 2 raises");
+    assert_eq!(raised.kind, FailureKind::Failed);
+    assert!(
+        raised.message.contains("ValueError: boom in block 2"),
+        "{raised}"
+    );
+
+    let returned_false = worker
+        .process(&block(3), QUICK)
+        .expect_err("block 3 returns False");
+    assert_eq!(returned_false.kind, FailureKind::Failed);
+
+    let status_failed = worker
+        .process(&block(4), QUICK)
+        .expect_err("block 4 sets FAILED");
+    assert_eq!(status_failed.kind, FailureKind::Failed);
+
+    assert_eq!(worker.process(&block(5), QUICK), Ok(()));
+    assert_eq!(worker.pid(), Some(pid), "one child serves every block");
+    assert_eq!(worker.restarts(), 0);
+
+    let status = worker
+        .shutdown(Duration::from_secs(5))
+        .expect("exit status collected");
+    assert!(status.success(), "clean exit at EOF, got {status}");
+    assert!(process_gone(pid));
+
+    let slot = slot(&dir, 0);
+    let out = read(&slot.out_log_path());
+    for expected in [
+        "hello from block 1",
+        "no newline",
+        "c-level write",
+        "spoofed",
+    ] {
+        assert!(
+            out.contains(expected),
+            "{expected:?} missing from .out log:\n{out}"
+        );
+    }
+    assert!(out.starts_with("=== daisy run "), "{out}");
+    assert!(out.contains(&format!(" pid {pid} ===")), "{out}");
+    let err = read(&slot.err_log_path());
+    assert!(err.contains("Traceback"), "{err}");
+    assert!(err.contains("ValueError: boom in block 2"), "{err}");
+}
+
+#[test]
+fn garbage_on_stdout_is_logged_and_never_taken_for_a_reply() {
+    let dir = TempDir::new().expect("temp dir");
+    // A worker that does not use the helper and writes all sorts of things to stdout.
+    let mut worker = python_worker(
+        &dir,
+        r#"
+import json, sys
+for line in sys.stdin:
+    block = json.loads(line)
+    i = block["block_id"]
+    print("plain garbage")
+    print(json.dumps({"not": "a reply"}))
+    print(json.dumps({"block_id": i, "status": "ok"}))
+    print(json.dumps({"block_id": i + 1000, "status": "failed", "error": "other block"}))
+    sys.stdout.buffer.write(b"\xff\xfe not utf-8\n")
+    sys.stdout.write("partial progress ")
+    print(json.dumps({"block_id": i, "status": "success"}), flush=True)
+"#,
+    );
+
+    assert_eq!(worker.process(&block(1), QUICK), Ok(()));
+    assert_eq!(worker.process(&block(2), QUICK), Ok(()));
+    assert_eq!(worker.restarts(), 0);
+    worker.shutdown(Duration::from_secs(5));
+
+    let out = read(&slot(&dir, 0).out_log_path());
+    for expected in [
+        "plain garbage",
+        r#"{"not": "a reply"}"#,
+        r#""status": "ok""#,
+        "partial progress",
+    ] {
+        assert!(
+            out.contains(expected),
+            "{expected:?} missing from .out log:\n{out}"
+        );
+    }
+    assert!(
+        !out.contains(r#""status": "success""#),
+        "replies are not logged:\n{out}"
+    );
+}
+
+#[test]
+fn worker_crash_mid_block_is_process_died_and_the_next_block_restarts_it() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = python_worker(
+        &dir,
+        r#"
+import os, sys
+import daisy_worker
+
+def process(block):
+    if block.block_id[1] == 1:
+        sys.stderr.write("about to crash\n")
+        sys.stderr.flush()
+        os._exit(7)
+
+daisy_worker.serve(process)
+"#,
+    );
+
+    let died = worker
+        .process(&block(1), QUICK)
+        .expect_err("block 1 crashes");
+    assert_eq!(died.kind, FailureKind::ProcessDied);
+    assert!(died.message.contains("exit status: 7"), "{died}");
+    assert!(died.message.contains("about to crash"), "{died}");
+    assert_eq!(worker.pid(), None);
+    assert_eq!(worker.restarts(), 0);
+
+    assert_eq!(worker.process(&block(2), QUICK), Ok(()));
+    assert_eq!(worker.restarts(), 1);
+
+    let err = read(&slot(&dir, 0).err_log_path());
+    assert_eq!(
+        err.matches("=== daisy run ").count(),
+        2,
+        "one separator per start:\n{err}"
+    );
+}
+
+#[test]
+fn worker_that_exits_after_replying_is_restarted_for_the_next_block() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = python_worker(
+        &dir,
+        r#"
+import json, sys
+block = json.loads(sys.stdin.readline())
+print(json.dumps({"block_id": block["block_id"], "status": "success"}), flush=True)
+"#,
+    );
+
+    assert_eq!(worker.process(&block(1), QUICK), Ok(()));
+    assert_eq!(worker.process(&block(2), QUICK), Ok(()));
+    assert_eq!(worker.restarts(), 1);
+}
+
+#[test]
+fn worker_that_never_serves_is_process_died_after_one_resend() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = python_worker(&dir, "import daisy_worker  # forgot to call serve()\n");
+    let died = worker
+        .process(&block(1), QUICK)
+        .expect_err("nobody answers");
+    assert_eq!(died.kind, FailureKind::ProcessDied);
+    assert!(died.message.contains("daisy_worker.serve"), "{died}");
+    assert_eq!(worker.restarts(), 1);
+}
+
+#[test]
+fn hung_worker_times_out_and_its_whole_process_group_is_killed() {
+    let dir = TempDir::new().expect("temp dir");
+    let pids = dir.path().join("pids");
+    let mut worker = python_worker(
+        &dir,
+        &format!(
+            r#"
+import os, subprocess, time
+import daisy_worker
+
+def process(block):
+    if block.block_id[1] == 0:
+        return  # warm-up: keeps interpreter start-up out of the timed block
+    child = subprocess.Popen(["sleep", "30"])
+    with open(r"{pids}.tmp", "w") as f:
+        f.write("%d %d" % (os.getpid(), child.pid))
+    os.rename(r"{pids}.tmp", r"{pids}")
+    time.sleep(30)
+
+daisy_worker.serve(process)
+"#,
+            pids = pids.display()
+        ),
+    );
+
+    assert_eq!(worker.process(&block(0), QUICK), Ok(()));
+    let timed_out = worker
+        .process(&block(1), Duration::from_millis(500))
+        .expect_err("block hangs");
+    assert_eq!(timed_out.kind, FailureKind::Timeout);
+    assert_eq!(worker.pid(), None);
+
+    let pids = read(&pids);
+    let (worker_pid, sleep_pid) = pids.split_once(' ').expect("two pids");
+    let worker_pid: u32 = worker_pid.parse().expect("worker pid");
+    let sleep_pid: u32 = sleep_pid.parse().expect("grandchild pid");
+    assert!(
+        process_gone(worker_pid),
+        "worker {worker_pid} still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || process_gone(sleep_pid)),
+        "grandchild {sleep_pid} survived the group kill"
+    );
+}
+
+#[test]
+fn missing_worker_executable_is_spawn_failed_with_a_fix() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = WorkerProcess::new(argv(&["daisy-no-such-program", "x.py"]), slot(&dir, 0));
+    let failure = worker.process(&block(1), QUICK).expect_err("cannot spawn");
+    assert_eq!(failure.kind, FailureKind::SpawnFailed);
+    assert!(
+        failure.message.contains("daisy-no-such-program"),
+        "{failure}"
+    );
+    assert!(failure.message.contains("PATH"), "{failure}");
+    assert_eq!(worker.restarts(), 0);
+}
+
+#[test]
+fn setup_runs_once_before_the_first_block() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = python_worker(
+        &dir,
+        r#"
+import daisy_worker
+
+calls = []
+
+def setup():
+    calls.append("setup")
+    print("setup done")
+
+def process(block):
+    assert calls == ["setup"], calls
+
+daisy_worker.serve(process, setup=setup)
+"#,
+    );
+    assert_eq!(worker.process(&block(1), QUICK), Ok(()));
+    assert_eq!(worker.process(&block(2), QUICK), Ok(()));
+    drop(worker);
+    let out = read(&slot(&dir, 0).out_log_path());
+    assert_eq!(out.matches("setup done").count(), 1, "{out}");
+}
