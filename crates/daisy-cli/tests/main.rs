@@ -1,1 +1,4 @@
+//! Tests of the `daisy` binaries, run as a user runs them.
 
+mod plan;
+mod util;

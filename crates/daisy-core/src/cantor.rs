@@ -42,20 +42,13 @@ pub fn cantor_number(point: &Coordinate) -> Option<u64> {
 /// # Panics
 /// If `dims` is 0 or greater than [`MAX_DIMS`].
 pub fn cantor_point(id: u64, dims: usize) -> Coordinate {
-    assert!(
-        (1..=MAX_DIMS).contains(&dims),
-        "cantor_point needs 1..={MAX_DIMS} dims"
-    );
+    assert!((1..=MAX_DIMS).contains(&dims), "cantor_point needs 1..={MAX_DIMS} dims");
     let mut point = Coordinate::zeros(dims);
     let mut rest = id as u128;
     // Peel off the last axis: find the largest s with pyramid(n, s) <= rest;
     // s is the sum of all n values, and rest - pyramid(n, s) numbers the prefix.
     for n in (1..=dims).rev() {
-        let sum = if n == 1 {
-            rest
-        } else {
-            largest_sum_at_most(n, rest)
-        };
+        let sum = if n == 1 { rest } else { largest_sum_at_most(n, rest) };
         rest -= pyramid(n, sum).expect("pyramid of a sum found by search fits");
         point.set(n - 1, sum as i64);
     }
@@ -95,9 +88,8 @@ mod tests {
 
     #[test]
     fn two_d_ids_follow_the_diagonals() {
-        let ids: Vec<u64> = (0..5)
-            .map(|x| cantor_number(&Coordinate::from([0, x])).unwrap())
-            .collect();
+        let ids: Vec<u64> =
+            (0..5).map(|x| cantor_number(&Coordinate::from([0, x])).unwrap()).collect();
         assert_eq!(ids, vec![0, 1, 3, 6, 10]);
         assert_eq!(cantor_number(&Coordinate::from([1, 1])), Some(4));
         assert_eq!(cantor_number(&Coordinate::from([1, 0])), Some(2));
@@ -107,10 +99,7 @@ mod tests {
     #[test]
     fn negative_or_huge_points_have_no_id() {
         assert_eq!(cantor_number(&Coordinate::from([-1, 0])), None);
-        assert_eq!(
-            cantor_number(&Coordinate::from([i64::MAX, i64::MAX, i64::MAX])),
-            None
-        );
+        assert_eq!(cantor_number(&Coordinate::from([i64::MAX, i64::MAX, i64::MAX])), None);
     }
 
     #[test]

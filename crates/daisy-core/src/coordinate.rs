@@ -59,16 +59,10 @@ impl Coordinate {
     /// # Panics
     /// If `dims > MAX_DIMS`.
     pub fn filled(dims: usize, value: i64) -> Self {
-        assert!(
-            dims <= MAX_DIMS,
-            "at most {MAX_DIMS} dimensions are supported"
-        );
+        assert!(dims <= MAX_DIMS, "at most {MAX_DIMS} dimensions are supported");
         let mut values = [0; MAX_DIMS];
         values[..dims].fill(value);
-        Self {
-            dims: dims as u8,
-            values,
-        }
+        Self { dims: dims as u8, values }
     }
 
     /// Builds a coordinate by calling `f` for each axis.
@@ -107,10 +101,7 @@ impl Coordinate {
     /// Combines two coordinates axis by axis.
     #[inline]
     pub fn zip_with(&self, other: &Self, mut f: impl FnMut(i64, i64) -> i64) -> Self {
-        debug_assert_eq!(
-            self.dims, other.dims,
-            "coordinates of different dimensionality"
-        );
+        debug_assert_eq!(self.dims, other.dims, "coordinates of different dimensionality");
         let mut out = *self;
         for axis in 0..self.dims() {
             out.values[axis] = f(self.values[axis], other.values[axis]);
@@ -155,18 +146,12 @@ impl Coordinate {
 
     /// Whether every value is a multiple of the corresponding value of `other`.
     pub fn is_multiple_of(&self, other: &Self) -> bool {
-        self.as_slice()
-            .iter()
-            .zip(other.as_slice())
-            .all(|(&a, &b)| b != 0 && a % b == 0)
+        self.as_slice().iter().zip(other.as_slice()).all(|(&a, &b)| b != 0 && a % b == 0)
     }
 
     /// Whether `f` holds on every axis.
     pub fn all(&self, other: &Self, mut f: impl FnMut(i64, i64) -> bool) -> bool {
-        debug_assert_eq!(
-            self.dims, other.dims,
-            "coordinates of different dimensionality"
-        );
+        debug_assert_eq!(self.dims, other.dims, "coordinates of different dimensionality");
         (0..self.dims()).all(|axis| f(self.values[axis], other.values[axis]))
     }
 }
@@ -180,11 +165,7 @@ impl DivFloor for i64 {
     #[inline]
     fn div_euclid_floor(self, rhs: i64) -> i64 {
         let quotient = self / rhs;
-        if (self % rhs != 0) && ((self < 0) != (rhs < 0)) {
-            quotient - 1
-        } else {
-            quotient
-        }
+        if (self % rhs != 0) && ((self < 0) != (rhs < 0)) { quotient - 1 } else { quotient }
     }
 }
 

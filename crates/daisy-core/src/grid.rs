@@ -184,11 +184,7 @@ pub struct GridBox {
 impl GridBox {
     /// Whether the box holds no index.
     pub fn is_empty(&self) -> bool {
-        self.begin
-            .as_slice()
-            .iter()
-            .zip(self.end.as_slice())
-            .any(|(b, e)| b >= e)
+        self.begin.as_slice().iter().zip(self.end.as_slice()).any(|(b, e)| b >= e)
     }
 
     /// Calls `f` on every grid index in the box, last axis fastest.
@@ -245,30 +241,18 @@ impl BlockGrid {
         let dims = total_roi.dims();
         for (field, roi) in [("read_roi", &read_roi), ("write_roi", &write_roi)] {
             if roi.dims() != dims {
-                return Err(GridError::DimsMismatch {
-                    field,
-                    expected: dims,
-                    found: roi.dims(),
-                });
+                return Err(GridError::DimsMismatch { field, expected: dims, found: roi.dims() });
             }
         }
-        for (field, roi) in [
-            ("total_roi", &total_roi),
-            ("read_roi", &read_roi),
-            ("write_roi", &write_roi),
-        ] {
+        for (field, roi) in
+            [("total_roi", &total_roi), ("read_roi", &read_roi), ("write_roi", &write_roi)]
+        {
             if roi.shape().as_slice().iter().any(|&s| s <= 0) {
-                return Err(GridError::NonPositiveShape {
-                    field,
-                    shape: roi.shape(),
-                });
+                return Err(GridError::NonPositiveShape { field, shape: roi.shape() });
             }
         }
         if !read_roi.contains(&write_roi) {
-            return Err(GridError::WriteNotInRead {
-                read: read_roi,
-                write: write_roi,
-            });
+            return Err(GridError::WriteNotInRead { read: read_roi, write: write_roi });
         }
         let write_shape = write_roi.shape();
         let read_shape = read_roi.shape();
@@ -290,12 +274,7 @@ impl BlockGrid {
                 Fit::Valid => read_shape,
                 Fit::Overhang | Fit::Shrink => context_lo + context_hi + 1,
             };
-            return Err(GridError::TotalTooSmall {
-                total: total_roi,
-                read_shape,
-                fit,
-                needed,
-            });
+            return Err(GridError::TotalTooSmall { total: total_roi, read_shape, fit, needed });
         }
         let num_blocks = grid_shape
             .as_slice()
@@ -403,11 +382,7 @@ impl BlockGrid {
     /// The dense (row-major) index of grid index `k`.
     #[inline]
     pub fn dense_index(&self, k: &Coordinate) -> BlockIndex {
-        debug_assert!(
-            self.contains(k),
-            "grid index {k} outside {}",
-            self.grid_shape
-        );
+        debug_assert!(self.contains(k), "grid index {k} outside {}", self.grid_shape);
         let mut index: u64 = 0;
         for axis in 0..self.dims() {
             index = index * self.grid_shape[axis] as u64 + k[axis] as u64;
@@ -458,10 +433,7 @@ impl BlockGrid {
     /// The write ROI of the block at grid index `k` (cropped for `shrink`).
     #[inline]
     pub fn write_roi(&self, k: &Coordinate) -> Roi {
-        let roi = Roi::new(
-            self.total_write_roi.begin() + *k * self.write_shape,
-            self.write_shape,
-        );
+        let roi = Roi::new(self.total_write_roi.begin() + *k * self.write_shape, self.write_shape);
         match self.fit {
             Fit::Shrink => roi.intersect(&self.total_write_roi),
             Fit::Valid | Fit::Overhang => roi,
@@ -471,10 +443,7 @@ impl BlockGrid {
     /// The read ROI of the block at grid index `k` (cropped for `shrink`).
     #[inline]
     pub fn read_roi(&self, k: &Coordinate) -> Roi {
-        let roi = Roi::new(
-            self.total_roi.begin() + *k * self.write_shape,
-            self.read_shape,
-        );
+        let roi = Roi::new(self.total_roi.begin() + *k * self.write_shape, self.read_shape);
         match self.fit {
             Fit::Shrink => roi.intersect(&self.total_roi),
             Fit::Valid | Fit::Overhang => roi,
@@ -498,9 +467,7 @@ impl BlockGrid {
     /// # Panics
     /// If `n >= num_blocks()`.
     pub fn nth_block(&self, n: u64) -> Coordinate {
-        let level_index = self
-            .levels
-            .partition_point(|level| level.start + level.size <= n);
+        let level_index = self.levels.partition_point(|level| level.start + level.size <= n);
         let level = &self.levels[level_index];
         self.nth_in_level(level, n - level.start)
     }
@@ -518,10 +485,7 @@ impl BlockGrid {
         let mut k = level.offset;
         for axis in (0..self.dims()).rev() {
             let count = level.counts[axis] as u64;
-            k.set(
-                axis,
-                level.offset[axis] + (rest % count) as i64 * self.level_stride[axis],
-            );
+            k.set(axis, level.offset[axis] + (rest % count) as i64 * self.level_stride[axis]);
             rest /= count;
         }
         k
@@ -584,18 +548,12 @@ impl BlockGrid {
 
     fn clamp_box(&self, begin: Coordinate, end: Coordinate) -> GridBox {
         let zeros = Coordinate::zeros(self.dims());
-        GridBox {
-            begin: begin.max(&zeros),
-            end: end.min(&self.grid_shape),
-        }
+        GridBox { begin: begin.max(&zeros), end: end.min(&self.grid_shape) }
     }
 
     fn empty_box(&self) -> GridBox {
         let zeros = Coordinate::zeros(self.dims());
-        GridBox {
-            begin: zeros,
-            end: zeros,
-        }
+        GridBox { begin: zeros, end: zeros }
     }
 }
 
@@ -605,11 +563,7 @@ fn build_levels(grid_shape: Coordinate, stride: Coordinate) -> Vec<Level> {
     let dims = grid_shape.dims();
     let num_levels = stride.product() as usize;
     let mut offsets = Vec::with_capacity(num_levels);
-    GridBox {
-        begin: Coordinate::zeros(dims),
-        end: stride,
-    }
-    .for_each(|offset| offsets.push(offset));
+    GridBox { begin: Coordinate::zeros(dims), end: stride }.for_each(|offset| offsets.push(offset));
     offsets.reverse();
 
     let mut levels: Vec<Level> = Vec::with_capacity(num_levels);
@@ -739,9 +693,7 @@ mod tests {
     #[test]
     fn one_d_fit_counts() {
         let count = |write: Roi, fit| {
-            BlockGrid::new(roi([0], [12]), roi([0], [5]), write, fit, true)
-                .unwrap()
-                .num_blocks()
+            BlockGrid::new(roi([0], [12]), roi([0], [5]), write, fit, true).unwrap().num_blocks()
         };
         for fit in [Fit::Valid, Fit::Overhang, Fit::Shrink] {
             assert_eq!(count(roi([2], [1]), fit), 8);
@@ -768,14 +720,8 @@ mod tests {
 
     #[test]
     fn retries_layout_has_two_levels() {
-        let grid = BlockGrid::new(
-            roi([0], [4]),
-            roi([0], [3]),
-            roi([1], [1]),
-            Fit::Valid,
-            true,
-        )
-        .unwrap();
+        let grid =
+            BlockGrid::new(roi([0], [4]), roi([0], [3]), roi([1], [1]), Fit::Valid, true).unwrap();
         assert_eq!(ids_by_level(&grid), vec![vec![2], vec![1]]);
     }
 
@@ -807,49 +753,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let bad = BlockGrid::new(
-            roi([0], [12]),
-            roi([0], [5]),
-            roi([4], [3]),
-            Fit::Valid,
-            true,
-        );
+        let bad = BlockGrid::new(roi([0], [12]), roi([0], [5]), roi([4], [3]), Fit::Valid, true);
         assert!(matches!(bad, Err(GridError::WriteNotInRead { .. })));
-        let small = BlockGrid::new(
-            roi([0], [4]),
-            roi([0], [5]),
-            roi([1], [3]),
-            Fit::Valid,
-            true,
-        );
+        let small = BlockGrid::new(roi([0], [4]), roi([0], [5]), roi([1], [3]), Fit::Valid, true);
         assert!(matches!(small, Err(GridError::TotalTooSmall { .. })));
-        let zero = BlockGrid::new(
-            roi([0], [4]),
-            roi([0], [0]),
-            roi([0], [0]),
-            Fit::Valid,
-            true,
-        );
-        assert!(matches!(
-            zero,
-            Err(GridError::NonPositiveShape {
-                field: "read_roi",
-                ..
-            })
-        ));
-        let dims = BlockGrid::new(
-            roi([0], [4]),
-            roi([0, 0], [1, 1]),
-            roi([0], [1]),
-            Fit::Valid,
-            true,
-        );
-        assert!(matches!(
-            dims,
-            Err(GridError::DimsMismatch {
-                field: "read_roi",
-                ..
-            })
-        ));
+        let zero = BlockGrid::new(roi([0], [4]), roi([0], [0]), roi([0], [0]), Fit::Valid, true);
+        assert!(matches!(zero, Err(GridError::NonPositiveShape { field: "read_roi", .. })));
+        let dims =
+            BlockGrid::new(roi([0], [4]), roi([0, 0], [1, 1]), roi([0], [1]), Fit::Valid, true);
+        assert!(matches!(dims, Err(GridError::DimsMismatch { field: "read_roi", .. })));
     }
 }

@@ -78,13 +78,13 @@ pub enum PipelineError {
     #[error("the pipeline has no tasks")]
     NoTasks,
     /// Two tasks share an id.
-    #[error("task {task:?}: id: two tasks have this id; task ids must be unique")]
+    #[error("task '{task}': id: two tasks have this id; task ids must be unique")]
     DuplicateTaskId {
         /// The repeated id.
         task: TaskId,
     },
     /// A task names an upstream task that does not exist.
-    #[error("task {task:?}: upstream: no task has the id {upstream:?}; known tasks: {known}")]
+    #[error("task '{task}': upstream: no task has the id '{upstream}'; known tasks: {known}")]
     UnknownUpstream {
         /// The task naming it.
         task: TaskId,
@@ -95,14 +95,15 @@ pub enum PipelineError {
     },
     /// The upstream relation has a cycle.
     #[error(
-        "tasks {tasks:?}: upstream: these tasks depend on each other in a cycle; remove one of the upstream links"
+        "tasks {}: upstream: these tasks depend on each other in a cycle; remove one of the upstream links",
+        tasks.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
     )]
     Cycle {
         /// The tasks on or behind the cycle.
         tasks: Vec<TaskId>,
     },
     /// The task's ROIs do not tile.
-    #[error("task {task:?}: {source}")]
+    #[error("task '{task}': {source}")]
     Grid {
         /// The task.
         task: TaskId,
@@ -112,7 +113,7 @@ pub enum PipelineError {
     },
     /// A task and its upstream task differ in dimensionality.
     #[error(
-        "task {task:?}: upstream: task {upstream:?} is {upstream_dims}-D but this task is {dims}-D"
+        "task '{task}': upstream: task '{upstream}' is {upstream_dims}-D but this task is {dims}-D"
     )]
     UpstreamDims {
         /// The downstream task.
@@ -125,13 +126,13 @@ pub enum PipelineError {
         upstream_dims: usize,
     },
     /// `max_workers` is 0, so nothing would ever run.
-    #[error("task {task:?}: max_workers: 0 workers would never process a block; use 1 or more")]
+    #[error("task '{task}': max_workers: 0 workers would never process a block; use 1 or more")]
     ZeroMaxWorkers {
         /// The task.
         task: TaskId,
     },
     /// `timeout` is zero.
-    #[error("task {task:?}: timeout: must be longer than 0s")]
+    #[error("task '{task}': timeout: must be longer than 0s")]
     ZeroTimeout {
         /// The task.
         task: TaskId,
@@ -139,9 +140,9 @@ pub enum PipelineError {
     /// Some blocks of a downstream task read nothing an upstream task
     /// writes, so they would never become ready.
     #[error(
-        "task {task:?}: upstream: the block with read ROI {read_roi} reads nothing that upstream \
-         task {upstream:?} writes (it writes {upstream_written}); such a block would never become \
-         ready. Make total_roi of {task:?} lie within what {upstream:?} writes, grow its read_roi, \
+        "task '{task}': upstream: the block with read ROI {read_roi} reads nothing that upstream \
+         task '{upstream}' writes (it writes {upstream_written}); such a block would never become \
+         ready. Make total_roi of '{task}' lie within what '{upstream}' writes, grow its read_roi, \
          or remove the upstream link"
     )]
     Unreachable {
@@ -175,9 +176,7 @@ impl Pipeline {
         let mut by_id: HashMap<&TaskId, TaskIndex> = HashMap::new();
         for (position, spec) in specs.iter().enumerate() {
             if by_id.insert(&spec.id, TaskIndex(position as u32)).is_some() {
-                return Err(PipelineError::DuplicateTaskId {
-                    task: spec.id.clone(),
-                });
+                return Err(PipelineError::DuplicateTaskId { task: spec.id.clone() });
             }
         }
         let mut tasks = Vec::with_capacity(specs.len());
@@ -189,43 +188,25 @@ impl Pipeline {
                 spec.fit,
                 spec.read_write_conflict,
             )
-            .map_err(|source| PipelineError::Grid {
-                task: spec.id.clone(),
-                source,
-            })?;
+            .map_err(|source| PipelineError::Grid { task: spec.id.clone(), source })?;
             if spec.max_workers == 0 {
-                return Err(PipelineError::ZeroMaxWorkers {
-                    task: spec.id.clone(),
-                });
+                return Err(PipelineError::ZeroMaxWorkers { task: spec.id.clone() });
             }
             if spec.timeout.is_zero() {
-                return Err(PipelineError::ZeroTimeout {
-                    task: spec.id.clone(),
-                });
+                return Err(PipelineError::ZeroTimeout { task: spec.id.clone() });
             }
             let mut upstream = Vec::with_capacity(spec.upstream.len());
             for up in &spec.upstream {
-                let index = *by_id
-                    .get(up)
-                    .ok_or_else(|| PipelineError::UnknownUpstream {
-                        task: spec.id.clone(),
-                        upstream: up.to_string(),
-                        known: specs
-                            .iter()
-                            .map(|s| s.id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })?;
+                let index = *by_id.get(up).ok_or_else(|| PipelineError::UnknownUpstream {
+                    task: spec.id.clone(),
+                    upstream: up.to_string(),
+                    known: specs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
+                })?;
                 if !upstream.contains(&index) {
                     upstream.push(index);
                 }
             }
-            tasks.push(PipelineTask {
-                spec: spec.clone(),
-                grid,
-                upstream,
-                downstream: Vec::new(),
-            });
+            tasks.push(PipelineTask { spec: spec.clone(), grid, upstream, downstream: Vec::new() });
         }
         for position in 0..tasks.len() {
             for up in tasks[position].upstream.clone() {
@@ -233,10 +214,7 @@ impl Pipeline {
             }
         }
         let topological_order = topological_order(&tasks)?;
-        let pipeline = Self {
-            tasks,
-            topological_order,
-        };
+        let pipeline = Self { tasks, topological_order };
         pipeline.check_upstream_geometry()?;
         Ok(pipeline)
     }
@@ -307,10 +285,7 @@ impl Pipeline {
 
     /// The index of the task with this id.
     pub fn task_index(&self, id: &str) -> Option<TaskIndex> {
-        self.tasks
-            .iter()
-            .position(|t| t.spec.id.as_str() == id)
-            .map(|p| TaskIndex(p as u32))
+        self.tasks.iter().position(|t| t.spec.id.as_str() == id).map(|p| TaskIndex(p as u32))
     }
 
     /// Tasks in topological order (upstream first), ties in the order given.
@@ -334,10 +309,7 @@ impl Pipeline {
     pub fn block_at(&self, task: TaskIndex, k: Coordinate) -> Block {
         let grid = &self.task(task).grid;
         Block {
-            key: BlockKey {
-                task,
-                index: grid.dense_index(&k),
-            },
+            key: BlockKey { task, index: grid.dense_index(&k) },
             block_id: grid.block_id(&k),
             grid_index: k,
             level: grid.level(&k),
@@ -349,10 +321,7 @@ impl Pipeline {
     /// The key of the block of `task` with Daisy id `block_id`, if it exists.
     pub fn key_of_id(&self, task: TaskIndex, block_id: BlockId) -> Option<BlockKey> {
         let grid = &self.task(task).grid;
-        grid.grid_index_of_id(block_id).map(|k| BlockKey {
-            task,
-            index: grid.dense_index(&k),
-        })
+        grid.grid_index_of_id(block_id).map(|k| BlockKey { task, index: grid.dense_index(&k) })
     }
 
     /// Calls `f` on every block this block waits for: its conflicting
@@ -363,25 +332,25 @@ impl Pipeline {
         key: BlockKey,
         mut f: impl FnMut(BlockKey) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
-        let task = self.task(key.task);
-        let k = task.grid.grid_index(key.index);
-        self.try_for_each_upstream_at(key.task, &k, &mut f)
+        let k = self.task(key.task).grid.grid_index(key.index);
+        self.try_for_each_upstream_at(key.task, &k, |up, _| f(up))
     }
 
-    pub(crate) fn try_for_each_upstream_at(
+    /// [`Pipeline::try_for_each_upstream`] for the block at grid index `k`,
+    /// passing each upstream block's grid index along (no conversions on
+    /// the scheduler's hot path).
+    #[inline]
+    pub fn try_for_each_upstream_at(
         &self,
         task_index: TaskIndex,
         k: &Coordinate,
-        f: &mut impl FnMut(BlockKey) -> ControlFlow<()>,
+        mut f: impl FnMut(BlockKey, Coordinate) -> ControlFlow<()>,
     ) -> ControlFlow<()> {
         let task = self.task(task_index);
         let mut flow = ControlFlow::Continue(());
         task.grid.for_each_conflict_upstream(k, |n| {
             if flow.is_continue() {
-                flow = f(BlockKey {
-                    task: task_index,
-                    index: task.grid.dense_index(&n),
-                });
+                flow = f(BlockKey { task: task_index, index: task.grid.dense_index(&n) }, n);
             }
         });
         flow?;
@@ -391,12 +360,8 @@ impl Pipeline {
         let read_roi = task.grid.read_roi(k);
         for &up in &task.upstream {
             let grid = &self.task(up).grid;
-            grid.blocks_writing_into(&read_roi).try_for_each(|n| {
-                f(BlockKey {
-                    task: up,
-                    index: grid.dense_index(&n),
-                })
-            })?;
+            grid.blocks_writing_into(&read_roi)
+                .try_for_each(|n| f(BlockKey { task: up, index: grid.dense_index(&n) }, n))?;
         }
         ControlFlow::Continue(())
     }
@@ -405,23 +370,22 @@ impl Pipeline {
     /// neighbours of the next level and the blocks of downstream tasks
     /// whose read ROI intersects its write ROI.
     pub fn for_each_downstream(&self, key: BlockKey, mut f: impl FnMut(BlockKey)) {
-        let task = self.task(key.task);
-        let k = task.grid.grid_index(key.index);
-        self.for_each_downstream_at(key.task, &k, &mut f);
+        let k = self.task(key.task).grid.grid_index(key.index);
+        self.for_each_downstream_at(key.task, &k, |down, _| f(down));
     }
 
-    pub(crate) fn for_each_downstream_at(
+    /// [`Pipeline::for_each_downstream`] for the block at grid index `k`,
+    /// passing each downstream block's grid index along.
+    #[inline]
+    pub fn for_each_downstream_at(
         &self,
         task_index: TaskIndex,
         k: &Coordinate,
-        f: &mut impl FnMut(BlockKey),
+        mut f: impl FnMut(BlockKey, Coordinate),
     ) {
         let task = self.task(task_index);
         task.grid.for_each_conflict_downstream(k, |n| {
-            f(BlockKey {
-                task: task_index,
-                index: task.grid.dense_index(&n),
-            });
+            f(BlockKey { task: task_index, index: task.grid.dense_index(&n) }, n);
         });
         if task.downstream.is_empty() {
             return;
@@ -429,18 +393,11 @@ impl Pipeline {
         // Daisy counts only the part of a write ROI inside the total write
         // ROI (an overhanging block writes nothing its downstream waits for
         // beyond it); this mirrors `blocks_writing_into`.
-        let write_roi = task
-            .grid
-            .write_roi(k)
-            .intersect(&task.grid.total_write_roi());
+        let write_roi = task.grid.write_roi(k).intersect(&task.grid.total_write_roi());
         for &down in &task.downstream {
             let grid = &self.task(down).grid;
-            grid.blocks_reading_from(&write_roi).for_each(|n| {
-                f(BlockKey {
-                    task: down,
-                    index: grid.dense_index(&n),
-                })
-            });
+            grid.blocks_reading_from(&write_roi)
+                .for_each(|n| f(BlockKey { task: down, index: grid.dense_index(&n) }, n));
         }
     }
 
@@ -474,11 +431,8 @@ impl Pipeline {
 /// The region the blocks of a grid write, as far as downstream tasks see
 /// it: the union of their write ROIs within the total write ROI.
 pub(crate) fn written_region(grid: &BlockGrid) -> Roi {
-    Roi::new(
-        grid.total_write_roi().begin(),
-        grid.grid_shape() * grid.write_shape(),
-    )
-    .intersect(&grid.total_write_roi())
+    Roi::new(grid.total_write_roi().begin(), grid.grid_shape() * grid.write_shape())
+        .intersect(&grid.total_write_roi())
 }
 
 /// Kahn's algorithm, taking ready tasks in the order given.

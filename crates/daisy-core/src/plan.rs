@@ -140,17 +140,10 @@ mod tests {
             )
             .unwrap();
             let specs = parse_pipeline(&text).unwrap();
-            let name = toml_path
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let name = toml_path.file_name().unwrap().to_string_lossy().into_owned();
             if expected.get("refused").is_some() {
                 let err = Pipeline::new(specs).expect_err(&name);
-                assert!(
-                    matches!(err, crate::PipelineError::Unreachable { .. }),
-                    "{name}: {err}"
-                );
+                assert!(matches!(err, crate::PipelineError::Unreachable { .. }), "{name}: {err}");
                 refused += 1;
                 continue;
             }
@@ -163,11 +156,8 @@ mod tests {
                     .iter()
                     .zip(expected["tasks"].as_array().unwrap())
                 {
-                    for (ab, eb) in a["blocks"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .zip(e["blocks"].as_array().unwrap())
+                    for (ab, eb) in
+                        a["blocks"].as_array().unwrap().iter().zip(e["blocks"].as_array().unwrap())
                     {
                         assert_eq!(ab, eb, "{name}: first differing block");
                     }

@@ -80,11 +80,7 @@ impl Roi {
 
     /// The number of points inside (0 when empty).
     pub fn size(&self) -> i64 {
-        if self.is_empty() {
-            0
-        } else {
-            self.shape.product()
-        }
+        if self.is_empty() { 0 } else { self.shape.product() }
     }
 
     /// Whether the ROI contains no point (some shape value ≤ 0).
@@ -137,10 +133,7 @@ impl Roi {
         if other.is_empty() {
             return *self;
         }
-        Roi::from_begin_end(
-            self.begin().min(&other.begin()),
-            self.end().max(&other.end()),
-        )
+        Roi::from_begin_end(self.begin().min(&other.begin()), self.end().max(&other.end()))
     }
 
     /// Moves the begin by `-negative` and the end by `+positive`.
@@ -194,7 +187,16 @@ impl Sub<Coordinate> for Roi {
 
 impl fmt::Display for Roi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}:{}] ({})", self.begin(), self.end(), self.shape)
+        // funlib's form: "[1:4, 2:6] (3, 4)".
+        let (begin, end) = (self.begin(), self.end());
+        f.write_str("[")?;
+        for axis in 0..self.dims() {
+            if axis > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}:{}", begin[axis], end[axis])?;
+        }
+        write!(f, "] {}", self.shape)
     }
 }
 
@@ -263,9 +265,6 @@ mod tests {
         let grid = Coordinate::from([4, 4]);
         assert_eq!(r.snap_to_grid(grid, SnapMode::Grow), roi([-4, 4], [8, 8]));
         assert_eq!(r.snap_to_grid(grid, SnapMode::Shrink), roi([0, 8], [4, 0]));
-        assert_eq!(
-            r.snap_to_grid(grid, SnapMode::Closest),
-            roi([-4, 4], [8, 8])
-        );
+        assert_eq!(r.snap_to_grid(grid, SnapMode::Closest), roi([-4, 4], [8, 8]));
     }
 }

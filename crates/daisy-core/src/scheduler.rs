@@ -45,7 +45,7 @@ use std::time::Duration;
 use fixedbitset::FixedBitSet;
 use serde::{Deserialize, Serialize};
 
-use crate::{BlockIndex, BlockKey, Pipeline, TaskIndex};
+use crate::{BlockIndex, BlockKey, Coordinate, Pipeline, TaskIndex};
 
 /// Daisy's per-task counters. `completed` includes `skipped`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +174,7 @@ pub struct Scheduler {
     pipeline: Arc<Pipeline>,
     tasks: Vec<TaskState>,
     /// Reused buffer for downstream blocks (no allocation per release).
-    scratch: Vec<BlockKey>,
+    scratch: Vec<(BlockKey, Coordinate)>,
 }
 
 impl Scheduler {
@@ -187,17 +187,9 @@ impl Scheduler {
             .map(|task| {
                 let total = task.grid.num_blocks();
                 let bits = usize::try_from(total).expect("a task's block count fits in memory");
-                let root_count = if task.upstream.is_empty() {
-                    task.grid.level_size(0)
-                } else {
-                    0
-                };
+                let root_count = if task.upstream.is_empty() { task.grid.level_size(0) } else { 0 };
                 TaskState {
-                    counters: TaskCounters {
-                        total,
-                        ready: root_count,
-                        ..TaskCounters::default()
-                    },
+                    counters: TaskCounters { total, ready: root_count, ..TaskCounters::default() },
                     max_retries: task.spec.max_retries,
                     timeout: task.spec.timeout,
                     ok: FixedBitSet::with_capacity(bits),
@@ -213,11 +205,7 @@ impl Scheduler {
                 }
             })
             .collect();
-        Self {
-            pipeline,
-            tasks,
-            scratch: Vec::new(),
-        }
+        Self { pipeline, tasks, scratch: Vec::new() }
     }
 
     /// The pipeline being scheduled.
@@ -259,9 +247,7 @@ impl Scheduler {
 
     /// Whether `key` is being processed.
     pub fn is_processing(&self, key: BlockKey) -> bool {
-        self.tasks[key.task.get()]
-            .processing
-            .contains(key.index.0 as usize)
+        self.tasks[key.task.get()].processing.contains(key.index.0 as usize)
     }
 
     /// Hands out the next ready block of `task`, if any, and records it as
@@ -277,18 +263,22 @@ impl Scheduler {
             state.counters.ready -= 1;
             state.counters.processing += 1;
             state.processing.insert(index.0 as usize);
-            if state
-                .known_done
-                .as_ref()
-                .is_some_and(|done| done.contains(index.0 as usize))
-            {
+            if state.known_done.as_ref().is_some_and(|done| done.contains(index.0 as usize)) {
                 self.complete(key, Outcome::Skipped);
                 continue;
             }
             let attempt = state.attempt_of(index);
-            state
-                .deadlines
-                .push_back((now + state.timeout, index, attempt));
+            // Drop deadlines of attempts already released, so the queue
+            // stays as long as the blocks in flight.
+            while let Some(&(_, front, front_attempt)) = state.deadlines.front() {
+                let live = state.processing.contains(front.0 as usize)
+                    && state.attempt_of(front) == front_attempt;
+                if live {
+                    break;
+                }
+                state.deadlines.pop_front();
+            }
+            state.deadlines.push_back((now + state.timeout, index, attempt));
             return Some(Acquired { key, attempt });
         }
     }
@@ -320,9 +310,9 @@ impl Scheduler {
             return Err(ReleaseError::NotProcessing { key });
         }
         match outcome {
-            Outcome::Success | Outcome::Skipped => Ok(Released::Completed {
-                newly_ready: self.complete(key, outcome),
-            }),
+            Outcome::Success | Outcome::Skipped => {
+                Ok(Released::Completed { newly_ready: self.complete(key, outcome) })
+            }
             Outcome::Failed => {
                 state.processing.set(key.index.0 as usize, false);
                 state.counters.processing -= 1;
@@ -338,9 +328,7 @@ impl Scheduler {
                 state.queued.set(key.index.0 as usize, false);
                 state.terminal.insert(key.index.0 as usize);
                 state.counters.failed += 1;
-                Ok(Released::Failed {
-                    orphaned: self.orphan_downstream(key),
-                })
+                Ok(Released::Failed { orphaned: self.orphan_downstream(key) })
             }
         }
     }
@@ -364,23 +352,26 @@ impl Scheduler {
             state.failed_attempts.remove(&key.index);
         }
 
+        // Candidates: downstream blocks not yet ready or finished.
         let mut downstream = std::mem::take(&mut self.scratch);
         downstream.clear();
-        self.pipeline
-            .for_each_downstream(key, |down| downstream.push(down));
-        let mut newly_ready = 0;
-        for &down in &downstream {
+        let k = self.pipeline.task(key.task).grid.grid_index(key.index);
+        let tasks = &self.tasks;
+        self.pipeline.for_each_downstream_at(key.task, &k, |down, down_k| {
+            let down_state = &tasks[down.task.get()];
             let down_position = down.index.0 as usize;
-            let down_state = &self.tasks[down.task.get()];
-            if down_state.terminal.contains(down_position)
-                || down_state.queued.contains(down_position)
+            if !down_state.terminal.contains(down_position)
+                && !down_state.queued.contains(down_position)
             {
-                continue;
+                downstream.push((down, down_k));
             }
+        });
+        let mut newly_ready = 0;
+        for &(down, down_k) in &downstream {
             let tasks = &self.tasks;
             let all_upstream_ok = self
                 .pipeline
-                .try_for_each_upstream(down, |up| {
+                .try_for_each_upstream_at(down.task, &down_k, |up, _| {
                     if tasks[up.task.get()].ok.contains(up.index.0 as usize) {
                         ControlFlow::Continue(())
                     } else {
@@ -390,7 +381,7 @@ impl Scheduler {
                 .is_continue();
             if all_upstream_ok {
                 let down_state = &mut self.tasks[down.task.get()];
-                down_state.queued.insert(down_position);
+                down_state.queued.insert(down.index.0 as usize);
                 down_state.queue.push_back(down.index);
                 down_state.counters.ready += 1;
                 newly_ready += 1;
@@ -469,10 +460,7 @@ impl Scheduler {
                 }
                 state.deadlines.pop_front();
                 if still_this_attempt {
-                    let key = BlockKey {
-                        task: TaskIndex(position as u32),
-                        index,
-                    };
+                    let key = BlockKey { task: TaskIndex(position as u32), index };
                     return Some(Acquired { key, attempt });
                 }
             }
@@ -509,13 +497,22 @@ pub struct Unreachable {
 /// # Errors
 /// [`Unreachable`] if blocks remain that can never become ready.
 pub fn simulate(pipeline: Arc<Pipeline>) -> Result<Simulation, Unreachable> {
+    simulate_with_progress(pipeline, |_| {})
+}
+
+/// [`simulate`], calling `progress` with the number of blocks done after
+/// every round that crosses a multiple of 65,536 blocks.
+///
+/// # Errors
+/// [`Unreachable`] if blocks remain that can never become ready.
+pub fn simulate_with_progress(
+    pipeline: Arc<Pipeline>,
+    mut progress: impl FnMut(u64),
+) -> Result<Simulation, Unreachable> {
+    const PROGRESS_EVERY: u64 = 1 << 16;
     let mut scheduler = Scheduler::new(pipeline.clone());
     let mut in_flight: Vec<Acquired> = Vec::new();
-    let mut simulation = Simulation {
-        blocks: 0,
-        rounds: 0,
-        peak_in_flight: 0,
-    };
+    let mut simulation = Simulation { blocks: 0, rounds: 0, peak_in_flight: 0 };
     let now = Duration::ZERO;
     loop {
         for (position, task) in pipeline.tasks().iter().enumerate() {
@@ -532,9 +529,13 @@ pub fn simulate(pipeline: Arc<Pipeline>) -> Result<Simulation, Unreachable> {
         }
         simulation.rounds += 1;
         simulation.peak_in_flight = simulation.peak_in_flight.max(in_flight.len() as u64);
+        let before = simulation.blocks;
         for acquired in in_flight.drain(..) {
             let _ = scheduler.release(acquired.key, Outcome::Success);
             simulation.blocks += 1;
+        }
+        if before / PROGRESS_EVERY != simulation.blocks / PROGRESS_EVERY {
+            progress(simulation.blocks);
         }
     }
     for (position, task) in pipeline.tasks().iter().enumerate() {

@@ -14,10 +14,7 @@ use crate::{
 };
 
 fn roi(offset: &[i64], shape: &[i64]) -> Roi {
-    Roi::new(
-        Coordinate::new(offset).unwrap(),
-        Coordinate::new(shape).unwrap(),
-    )
+    Roi::new(Coordinate::new(offset).unwrap(), Coordinate::new(shape).unwrap())
 }
 
 fn task(id: &str, total: Roi, read: Roi, write: Roi) -> TaskSpec {
@@ -43,31 +40,17 @@ fn failing_the_root_three_times_fails_it_and_orphans_its_neighbour() {
     let mut scheduler = Scheduler::new(pipeline.clone());
     for attempt in 1..=3 {
         let acquired = scheduler.acquire(A, T0).expect("block 2 is ready");
-        assert_eq!(
-            (id_of(&pipeline, acquired.key), acquired.attempt),
-            (2, attempt)
-        );
-        assert!(
-            scheduler.acquire(A, T0).is_none(),
-            "block 1 waits for block 2"
-        );
+        assert_eq!((id_of(&pipeline, acquired.key), acquired.attempt), (2, attempt));
+        assert!(scheduler.acquire(A, T0).is_none(), "block 1 waits for block 2");
         let released = scheduler.release(acquired.key, Outcome::Failed).unwrap();
         if attempt < 3 {
-            assert_eq!(
-                released,
-                Released::WillRetry {
-                    failed_attempts: attempt
-                }
-            );
+            assert_eq!(released, Released::WillRetry { failed_attempts: attempt });
         } else {
             assert_eq!(released, Released::Failed { orphaned: 1 });
         }
     }
     let counters = scheduler.counters(A);
-    assert_eq!(
-        (counters.completed, counters.failed, counters.orphaned),
-        (0, 1, 1)
-    );
+    assert_eq!((counters.completed, counters.failed, counters.orphaned), (0, 1, 1));
     assert!(scheduler.is_done());
     assert!(!scheduler.all_succeeded());
 }
@@ -80,48 +63,29 @@ fn a_retry_that_succeeds_completes_while_another_block_fails() {
     while let Some(acquired) = scheduler.acquire(A, T0) {
         let id = id_of(&pipeline, acquired.key);
         let failed = failures.entry(id).or_default();
-        let outcome = if id == 2 || *failed == 0 {
-            Outcome::Failed
-        } else {
-            Outcome::Success
-        };
+        let outcome = if id == 2 || *failed == 0 { Outcome::Failed } else { Outcome::Success };
         if outcome == Outcome::Failed {
             *failed += 1;
         }
         scheduler.release(acquired.key, outcome).unwrap();
     }
     let counters = scheduler.counters(A);
-    assert_eq!(
-        (counters.completed, counters.failed, counters.orphaned),
-        (1, 1, 0)
-    );
+    assert_eq!((counters.completed, counters.failed, counters.orphaned), (1, 1, 0));
     assert_eq!(failures[&2], 3, "max_retries + 1 attempts");
     assert_eq!(failures[&1], 1);
 }
 
 fn chained() -> Arc<Pipeline> {
-    let first = task(
-        "first",
-        roi(&[0, 0], &[6, 6]),
-        roi(&[0, 0], &[3, 3]),
-        roi(&[1, 1], &[1, 1]),
-    );
-    let mut second = task(
-        "second",
-        roi(&[1, 1], &[4, 4]),
-        roi(&[0, 0], &[3, 3]),
-        roi(&[1, 1], &[1, 1]),
-    );
+    let first = task("first", roi(&[0, 0], &[6, 6]), roi(&[0, 0], &[3, 3]), roi(&[1, 1], &[1, 1]));
+    let mut second =
+        task("second", roi(&[1, 1], &[4, 4]), roi(&[0, 0], &[3, 3]), roi(&[1, 1], &[1, 1]));
     second.upstream = vec![first.id.clone()];
     Arc::new(Pipeline::new(vec![first, second]).unwrap())
 }
 
 fn ids_in(blocks: &[Block], task: TaskIndex) -> Vec<u64> {
-    let mut ids: Vec<u64> = blocks
-        .iter()
-        .filter(|b| b.key.task == task)
-        .map(|b| b.block_id.0)
-        .collect();
+    let mut ids: Vec<u64> =
+        blocks.iter().filter(|b| b.key.task == task).map(|b| b.block_id.0).collect();
     ids.sort_unstable();
     ids
 }
@@ -143,10 +107,7 @@ fn chained_tasks_upstream_and_downstream_sets() {
         .map(|n| pipeline.block_at(first, pipeline.task(first).grid.nth_block(n)))
         .find(|b| b.write_roi == roi(&[3, 3], &[1, 1]))
         .unwrap();
-    assert_eq!(
-        ids_in(&pipeline.downstream_blocks(writer.key), second),
-        vec![4, 7, 8, 12]
-    );
+    assert_eq!(ids_in(&pipeline.downstream_blocks(writer.key), second), vec![4, 7, 8, 12]);
 }
 
 #[test]
@@ -161,11 +122,7 @@ fn a_failure_orphans_blocks_in_downstream_tasks_counted_against_them() {
                 progressed = true;
                 let fail =
                     !failed_one && task == TaskIndex(0) && id_of(&pipeline, acquired.key) == 40;
-                let outcome = if fail {
-                    Outcome::Failed
-                } else {
-                    Outcome::Success
-                };
+                let outcome = if fail { Outcome::Failed } else { Outcome::Success };
                 match scheduler.release(acquired.key, outcome).unwrap() {
                     Released::Failed { .. } => failed_one = true,
                     Released::WillRetry { .. } => {}
@@ -182,14 +139,8 @@ fn a_failure_orphans_blocks_in_downstream_tasks_counted_against_them() {
     let first = scheduler.counters(TaskIndex(0));
     let second = scheduler.counters(TaskIndex(1));
     assert_eq!(first.failed, 1);
-    assert!(
-        first.orphaned > 0,
-        "same-task conflict neighbours are orphaned"
-    );
-    assert!(
-        second.orphaned > 0,
-        "blocks of the downstream task are orphaned"
-    );
+    assert!(first.orphaned > 0, "same-task conflict neighbours are orphaned");
+    assert!(second.orphaned > 0, "blocks of the downstream task are orphaned");
     assert_eq!(second.failed, 0);
     assert_eq!(first.completed + first.failed + first.orphaned, first.total);
     assert_eq!(second.completed + second.orphaned, second.total);
@@ -202,11 +153,7 @@ fn known_done_blocks_are_skipped_and_ready_their_downstream() {
     let root = pipeline.key_of_id(A, crate::BlockId(2)).unwrap();
     scheduler.mark_known_done(root);
     let acquired = scheduler.acquire(A, T0).unwrap();
-    assert_eq!(
-        id_of(&pipeline, acquired.key),
-        1,
-        "block 2 was skipped, block 1 is ready"
-    );
+    assert_eq!(id_of(&pipeline, acquired.key), 1, "block 2 was skipped, block 1 is ready");
     scheduler.release(acquired.key, Outcome::Success).unwrap();
     let counters = scheduler.counters(A);
     assert_eq!((counters.completed, counters.skipped), (2, 1));
@@ -231,10 +178,7 @@ fn expired_blocks_are_reported_once_per_attempt() {
     let mut scheduler = Scheduler::new(pipeline);
     let acquired = scheduler.acquire(A, Duration::from_secs(1)).unwrap();
     assert_eq!(scheduler.next_expired(Duration::from_secs(10)), None);
-    assert_eq!(
-        scheduler.next_expired(Duration::from_secs(11)),
-        Some(acquired)
-    );
+    assert_eq!(scheduler.next_expired(Duration::from_secs(11)), Some(acquired));
     assert_eq!(scheduler.next_expired(Duration::from_secs(12)), None);
     scheduler.release(acquired.key, Outcome::Failed).unwrap();
     let retry = scheduler.acquire(A, Duration::from_secs(20)).unwrap();
@@ -352,12 +296,7 @@ fn build(random: &[RandomTask]) -> Arc<Pipeline> {
         };
         let read_template = Roi::new(Coordinate::zeros(dims), lo + write + hi);
         let write_template = Roi::new(lo, write);
-        let mut spec = task(
-            &format!("t{position}"),
-            total,
-            read_template,
-            write_template,
-        );
+        let mut spec = task(&format!("t{position}"), total, read_template, write_template);
         spec.fit = t.fit;
         spec.read_write_conflict = t.conflict;
         spec.max_workers = t.max_workers;

@@ -45,9 +45,7 @@ impl TaskId {
     /// has a character outside `[A-Za-z0-9_-]`.
     pub fn new(id: impl Into<String>) -> Result<Self, InvalidTaskId> {
         let id = id.into();
-        let valid_chars = id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let valid_chars = id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if id.is_empty() || id.len() > 64 || !valid_chars {
             return Err(InvalidTaskId { id });
         }
@@ -187,7 +185,7 @@ pub enum SpecError {
         column: Option<usize>,
     },
     /// A task entry is well-formed TOML but not a valid task.
-    #[error("task {task:?}: {field}: {problem}")]
+    #[error("task '{task}': {field}: {problem}")]
     Task {
         /// The task's id (or its position if the id is the problem).
         task: String,
@@ -277,11 +275,7 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<TaskSpec>, SpecError> {
             }
             None => (None, None),
         };
-        SpecError::Syntax {
-            message: err.to_string().trim_end().to_owned(),
-            line,
-            column,
-        }
+        SpecError::Syntax { message: err.to_string().trim_end().to_owned(), line, column }
     })?;
     if file.task.is_empty() {
         return Err(SpecError::NoTasks);
@@ -326,10 +320,7 @@ fn task_from_entry(position: usize, entry: TaskEntry) -> Result<TaskSpec, SpecEr
         None => DEFAULT_TIMEOUT,
         Some(TimeoutEntry::Seconds(seconds)) => {
             Duration::try_from_secs_f64(seconds).map_err(|_| {
-                task_error(
-                    "timeout",
-                    format!("{seconds} is not a valid number of seconds"),
-                )
+                task_error("timeout", format!("{seconds} is not a valid number of seconds"))
             })?
         }
         Some(TimeoutEntry::Text(text)) => humantime::parse_duration(&text).map_err(|err| {
@@ -350,16 +341,12 @@ fn task_from_entry(position: usize, entry: TaskEntry) -> Result<TaskSpec, SpecEr
                     .into(),
             ));
         }
-        (Some(worker), None) => Some(ProcessSpec::Worker(non_empty(
-            worker,
-            "worker",
-            &task_error,
-        )?)),
-        (None, Some(command)) => Some(ProcessSpec::Command(non_empty(
-            command,
-            "command",
-            &task_error,
-        )?)),
+        (Some(worker), None) => {
+            Some(ProcessSpec::Worker(non_empty(worker, "worker", &task_error)?))
+        }
+        (None, Some(command)) => {
+            Some(ProcessSpec::Command(non_empty(command, "command", &task_error)?))
+        }
         (None, None) => {
             return Err(task_error(
                 "worker",
@@ -370,10 +357,7 @@ fn task_from_entry(position: usize, entry: TaskEntry) -> Result<TaskSpec, SpecEr
             ));
         }
     };
-    let check = entry
-        .check
-        .map(|check| non_empty(check, "check", &task_error))
-        .transpose()?;
+    let check = entry.check.map(|check| non_empty(check, "check", &task_error)).transpose()?;
     let upstream = entry
         .upstream
         .into_iter()
@@ -426,15 +410,9 @@ command = ["true"]
         let task = &tasks[0];
         assert_eq!(task.fit, Fit::Valid);
         assert!(task.read_write_conflict);
-        assert_eq!(
-            (task.max_workers, task.max_retries, task.max_worker_restarts),
-            (1, 2, 10)
-        );
+        assert_eq!((task.max_workers, task.max_retries, task.max_worker_restarts), (1, 2, 10));
         assert_eq!(task.timeout, Duration::from_secs(600));
-        assert_eq!(
-            task.process,
-            Some(ProcessSpec::Command(vec!["true".into()]))
-        );
+        assert_eq!(task.process, Some(ProcessSpec::Command(vec!["true".into()])));
     }
 
     #[test]
@@ -444,13 +422,7 @@ command = ["true"]
         };
         assert_eq!(with("\"10m\""), Ok(Duration::from_secs(600)));
         assert_eq!(with("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(matches!(
-            with("\"soon\""),
-            Err(SpecError::Task {
-                field: "timeout",
-                ..
-            })
-        ));
+        assert!(matches!(with("\"soon\""), Err(SpecError::Task { field: "timeout", .. })));
     }
 
     #[test]
@@ -474,50 +446,24 @@ command = ["true"]
     #[test]
     fn type_errors_have_a_line() {
         let text = MINIMAL.replace("shape = [6, 6]", "shape = [6, \"6\"]");
-        assert!(matches!(
-            parse_pipeline(&text),
-            Err(SpecError::Syntax { line: Some(4), .. })
-        ));
+        assert!(matches!(parse_pipeline(&text), Err(SpecError::Syntax { line: Some(4), .. })));
     }
 
     #[test]
     fn a_task_needs_exactly_one_way_to_process() {
         let none = MINIMAL.replace("command = [\"true\"]", "");
-        assert!(matches!(
-            parse_pipeline(&none),
-            Err(SpecError::Task {
-                field: "worker",
-                ..
-            })
-        ));
+        assert!(matches!(parse_pipeline(&none), Err(SpecError::Task { field: "worker", .. })));
         let both = format!("{MINIMAL}worker = [\"python3\"]\n");
-        assert!(matches!(
-            parse_pipeline(&both),
-            Err(SpecError::Task {
-                field: "worker",
-                ..
-            })
-        ));
+        assert!(matches!(parse_pipeline(&both), Err(SpecError::Task { field: "worker", .. })));
     }
 
     #[test]
     fn bad_ids_and_mismatched_rois() {
         let bad_id = MINIMAL.replace("id = \"a\"", "id = \"a:b\"");
-        assert!(matches!(
-            parse_pipeline(&bad_id),
-            Err(SpecError::Task { field: "id", .. })
-        ));
-        let ragged = MINIMAL.replace(
-            "offset = [0, 0], shape = [3, 3]",
-            "offset = [0], shape = [3, 3]",
-        );
-        assert!(matches!(
-            parse_pipeline(&ragged),
-            Err(SpecError::Task {
-                field: "read_roi",
-                ..
-            })
-        ));
+        assert!(matches!(parse_pipeline(&bad_id), Err(SpecError::Task { field: "id", .. })));
+        let ragged =
+            MINIMAL.replace("offset = [0, 0], shape = [3, 3]", "offset = [0], shape = [3, 3]");
+        assert!(matches!(parse_pipeline(&ragged), Err(SpecError::Task { field: "read_roi", .. })));
         assert_eq!(parse_pipeline(""), Err(SpecError::NoTasks));
     }
 }

@@ -1,0 +1,3 @@
+//! One module per `daisy` subcommand.
+
+pub mod plan;
