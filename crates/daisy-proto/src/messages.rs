@@ -1,0 +1,225 @@
+//! The messages: what the scheduler dispatches, what workers report, and
+//! the events that record a run.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The name of a run: `[A-Za-z0-9_-]+`, used in subjects and directories.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(String);
+
+impl RunId {
+    /// Checks and wraps a run id; `None` if it is empty, longer than 64
+    /// characters or has characters outside `[A-Za-z0-9_-]`.
+    pub fn new(id: impl Into<String>) -> Option<Self> {
+        let id = id.into();
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        valid.then_some(Self(id))
+    }
+
+    /// A run id made from any text (a file name): other characters become
+    /// `-`, and the result is cut to 64 characters.
+    pub fn sanitized(text: &str) -> Self {
+        let mut id: String = text
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
+            .take(64)
+            .collect();
+        if id.is_empty() {
+            id.push_str("run");
+        }
+        Self(id)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who processed a block: unique per worker slot (host, process, slot).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WorkerId(pub String);
+
+impl From<&str> for WorkerId {
+    fn from(id: &str) -> Self {
+        Self(id.to_owned())
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One block to process, as dispatched. The worker derives ROIs and the
+/// Daisy block id from the pipeline and the dense index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockWork {
+    /// The block's dense index in its task's grid.
+    pub index: u64,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+}
+
+/// A batch of blocks of one task, sent to one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dispatch {
+    /// The task (its id).
+    pub task: String,
+    /// The dispatching scheduler's lease epoch: messages of an older epoch
+    /// come from a deposed leader.
+    pub epoch: u64,
+    /// The blocks, processed in order.
+    pub blocks: Vec<BlockWork>,
+}
+
+/// Why an attempt failed. The scheduler decides from the kind, never from
+/// error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The process function reported a failure (an error, an exception, a
+    /// non-zero exit). A retry is safe: the block's output is rewritten.
+    Failed,
+    /// The attempt ran longer than the task's timeout and was killed.
+    /// A retry is safe.
+    Timeout,
+    /// The worker process died mid-block (crash, OOM kill). A retry is
+    /// safe; it also counts as a worker restart.
+    ProcessDied,
+    /// The worker process could not be started (command not found). A
+    /// retry only helps if the machine changes; counts as a restart.
+    SpawnFailed,
+    /// The Rust process function panicked. A retry is safe.
+    Panicked,
+}
+
+impl FailureKind {
+    /// Whether this failure means a worker process had to be restarted
+    /// (counted against the task's `max_worker_restarts`).
+    pub fn restarts_worker(self) -> bool {
+        matches!(self, FailureKind::ProcessDied | FailureKind::SpawnFailed)
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailureKind::Failed => "failed",
+            FailureKind::Timeout => "timeout",
+            FailureKind::ProcessDied => "process died",
+            FailureKind::SpawnFailed => "spawn failed",
+            FailureKind::Panicked => "panicked",
+        })
+    }
+}
+
+/// What happened to one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutcomeKind {
+    /// Processed.
+    Success,
+    /// A check said the block was already done.
+    Skipped,
+    /// The attempt failed.
+    Failed {
+        /// Why.
+        kind: FailureKind,
+    },
+}
+
+/// The outcome of one attempt at one block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockResult {
+    /// The block's dense index.
+    pub index: u64,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: OutcomeKind,
+    /// The error text of a failure (the tail of a traceback or stderr).
+    pub error: Option<String>,
+    /// How long the attempt took (feeds batch sizing).
+    pub seconds: f32,
+}
+
+/// Outcomes of blocks of one task, from one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeReport {
+    /// The task (its id).
+    pub task: String,
+    /// The worker slot that processed them.
+    pub worker: WorkerId,
+    /// One entry per attempt.
+    pub results: Vec<BlockResult>,
+    /// Worker process restarts in this slot since its last report.
+    pub worker_restarts: u32,
+}
+
+/// What is recorded about a run, in order: the journal of an in-process
+/// run and the event stream of a NATS run hold these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A run (or a resumed run) started with this block layout.
+    RunStarted {
+        /// [`layout_hash`](crate::layout_hash) of the pipeline.
+        layout_hash: String,
+        /// Milliseconds since the Unix epoch, from the recorder's clock.
+        unix_ms: u64,
+    },
+    /// Outcomes of attempts.
+    Outcomes(OutcomeReport),
+    /// A task was given up (its workers kept dying); its remaining blocks
+    /// and those of its downstream tasks are orphaned.
+    TaskAbandoned {
+        /// The task (its id).
+        task: String,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DecodeError, decode, encode};
+
+    #[test]
+    fn run_ids_are_checked_and_sanitized() {
+        assert!(RunId::new("pipeline-1_a").is_some());
+        assert!(RunId::new("a.b").is_none());
+        assert!(RunId::new("").is_none());
+        assert_eq!(RunId::sanitized("my pipeline.v2").as_str(), "my-pipeline-v2");
+    }
+
+    #[test]
+    fn wrong_versions_and_garbage_are_errors() {
+        let mut bytes = encode(&Event::TaskAbandoned { task: "a".into(), reason: "r".into() });
+        bytes[0] = 99;
+        assert!(matches!(decode::<Event>(&bytes), Err(DecodeError::Version { found: 99, .. })));
+        assert_eq!(decode::<Event>(&[]), Err(DecodeError::Empty));
+        assert!(matches!(decode::<Event>(&[1, 0xc1, 0xff]), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn dispatches_round_trip() {
+        let dispatch = Dispatch {
+            task: "t".into(),
+            epoch: 3,
+            blocks: vec![BlockWork { index: 1, attempt: 1 }, BlockWork { index: 9, attempt: 2 }],
+        };
+        assert_eq!(decode::<Dispatch>(&encode(&dispatch)).unwrap(), dispatch);
+    }
+}

@@ -1,0 +1,2 @@
+//! Every NATS subject, stream, consumer and bucket name daisy-rs uses.
+//! No name is written by hand anywhere else.
