@@ -23,3 +23,4 @@
 //! cancellation subtlety to lose.
 
 pub mod process;
+pub mod runner;

@@ -15,25 +15,15 @@ pub const QUICK: Duration = Duration::from_secs(10);
 pub const TASK: &str = "smooth";
 
 pub fn slot(dir: &TempDir, worker_id: u32) -> SlotConfig {
-    SlotConfig {
-        task_id: TASK.to_owned(),
-        worker_id,
-        log_dir: dir.path().join("logs"),
-    }
+    SlotConfig { task_id: TASK.to_owned(), worker_id, log_dir: dir.path().join("logs") }
 }
 
 pub fn block(block_id: u64) -> BlockLine {
     BlockLine {
         task: TASK.to_owned(),
         block_id,
-        read_roi: BlockRoi {
-            offset: vec![0, 0],
-            shape: vec![8, 8],
-        },
-        write_roi: BlockRoi {
-            offset: vec![2, 2],
-            shape: vec![4, 4],
-        },
+        read_roi: BlockRoi { offset: vec![0, 0], shape: vec![8, 8] },
+        write_roi: BlockRoi { offset: vec![2, 2], shape: vec![4, 4] },
         attempt: 1,
     }
 }

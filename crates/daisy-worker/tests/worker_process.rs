@@ -44,47 +44,28 @@ daisy_worker.serve(process)
     assert_eq!(worker.process(&block(1), QUICK), Ok(()));
     let pid = worker.pid().expect("worker running");
 
-    let raised = worker
-        .process(&block(2), QUICK)
-        .expect_err("block 2 raises");
+    let raised = worker.process(&block(2), QUICK).expect_err("block 2 raises");
     assert_eq!(raised.kind, FailureKind::Failed);
-    assert!(
-        raised.message.contains("ValueError: boom in block 2"),
-        "{raised}"
-    );
+    assert!(raised.message.contains("ValueError: boom in block 2"), "{raised}");
 
-    let returned_false = worker
-        .process(&block(3), QUICK)
-        .expect_err("block 3 returns False");
+    let returned_false = worker.process(&block(3), QUICK).expect_err("block 3 returns False");
     assert_eq!(returned_false.kind, FailureKind::Failed);
 
-    let status_failed = worker
-        .process(&block(4), QUICK)
-        .expect_err("block 4 sets FAILED");
+    let status_failed = worker.process(&block(4), QUICK).expect_err("block 4 sets FAILED");
     assert_eq!(status_failed.kind, FailureKind::Failed);
 
     assert_eq!(worker.process(&block(5), QUICK), Ok(()));
     assert_eq!(worker.pid(), Some(pid), "one child serves every block");
     assert_eq!(worker.restarts(), 0);
 
-    let status = worker
-        .shutdown(Duration::from_secs(5))
-        .expect("exit status collected");
+    let status = worker.shutdown(Duration::from_secs(5)).expect("exit status collected");
     assert!(status.success(), "clean exit at EOF, got {status}");
     assert!(process_gone(pid));
 
     let slot = slot(&dir, 0);
     let out = read(&slot.out_log_path());
-    for expected in [
-        "hello from block 1",
-        "no newline",
-        "c-level write",
-        "spoofed",
-    ] {
-        assert!(
-            out.contains(expected),
-            "{expected:?} missing from .out log:\n{out}"
-        );
+    for expected in ["hello from block 1", "no newline", "c-level write", "spoofed"] {
+        assert!(out.contains(expected), "{expected:?} missing from .out log:\n{out}");
     }
     assert!(out.starts_with("=== daisy run "), "{out}");
     assert!(out.contains(&format!(" pid {pid} ===")), "{out}");
@@ -120,21 +101,12 @@ for line in sys.stdin:
     worker.shutdown(Duration::from_secs(5));
 
     let out = read(&slot(&dir, 0).out_log_path());
-    for expected in [
-        "plain garbage",
-        r#"{"not": "a reply"}"#,
-        r#""status": "ok""#,
-        "partial progress",
-    ] {
-        assert!(
-            out.contains(expected),
-            "{expected:?} missing from .out log:\n{out}"
-        );
+    for expected in
+        ["plain garbage", r#"{"not": "a reply"}"#, r#""status": "ok""#, "partial progress"]
+    {
+        assert!(out.contains(expected), "{expected:?} missing from .out log:\n{out}");
     }
-    assert!(
-        !out.contains(r#""status": "success""#),
-        "replies are not logged:\n{out}"
-    );
+    assert!(!out.contains(r#""status": "success""#), "replies are not logged:\n{out}");
 }
 
 #[test]
@@ -156,9 +128,7 @@ daisy_worker.serve(process)
 "#,
     );
 
-    let died = worker
-        .process(&block(1), QUICK)
-        .expect_err("block 1 crashes");
+    let died = worker.process(&block(1), QUICK).expect_err("block 1 crashes");
     assert_eq!(died.kind, FailureKind::ProcessDied);
     assert!(died.message.contains("exit status: 7"), "{died}");
     assert!(died.message.contains("about to crash"), "{died}");
@@ -169,11 +139,7 @@ daisy_worker.serve(process)
     assert_eq!(worker.restarts(), 1);
 
     let err = read(&slot(&dir, 0).err_log_path());
-    assert_eq!(
-        err.matches("=== daisy run ").count(),
-        2,
-        "one separator per start:\n{err}"
-    );
+    assert_eq!(err.matches("=== daisy run ").count(), 2, "one separator per start:\n{err}");
 }
 
 #[test]
@@ -197,9 +163,7 @@ print(json.dumps({"block_id": block["block_id"], "status": "success"}), flush=Tr
 fn worker_that_never_serves_is_process_died_after_one_resend() {
     let dir = TempDir::new().expect("temp dir");
     let mut worker = python_worker(&dir, "import daisy_worker  # forgot to call serve()\n");
-    let died = worker
-        .process(&block(1), QUICK)
-        .expect_err("nobody answers");
+    let died = worker.process(&block(1), QUICK).expect_err("nobody answers");
     assert_eq!(died.kind, FailureKind::ProcessDied);
     assert!(died.message.contains("daisy_worker.serve"), "{died}");
     assert_eq!(worker.restarts(), 1);
@@ -232,9 +196,7 @@ daisy_worker.serve(process)
     );
 
     assert_eq!(worker.process(&block(0), QUICK), Ok(()));
-    let timed_out = worker
-        .process(&block(1), Duration::from_millis(500))
-        .expect_err("block hangs");
+    let timed_out = worker.process(&block(1), Duration::from_millis(500)).expect_err("block hangs");
     assert_eq!(timed_out.kind, FailureKind::Timeout);
     assert_eq!(worker.pid(), None);
 
@@ -242,10 +204,7 @@ daisy_worker.serve(process)
     let (worker_pid, sleep_pid) = pids.split_once(' ').expect("two pids");
     let worker_pid: u32 = worker_pid.parse().expect("worker pid");
     let sleep_pid: u32 = sleep_pid.parse().expect("grandchild pid");
-    assert!(
-        process_gone(worker_pid),
-        "worker {worker_pid} still running"
-    );
+    assert!(process_gone(worker_pid), "worker {worker_pid} still running");
     assert!(
         wait_until(Duration::from_secs(2), || process_gone(sleep_pid)),
         "grandchild {sleep_pid} survived the group kill"
@@ -258,10 +217,7 @@ fn missing_worker_executable_is_spawn_failed_with_a_fix() {
     let mut worker = WorkerProcess::new(argv(&["daisy-no-such-program", "x.py"]), slot(&dir, 0));
     let failure = worker.process(&block(1), QUICK).expect_err("cannot spawn");
     assert_eq!(failure.kind, FailureKind::SpawnFailed);
-    assert!(
-        failure.message.contains("daisy-no-such-program"),
-        "{failure}"
-    );
+    assert!(failure.message.contains("daisy-no-such-program"), "{failure}");
     assert!(failure.message.contains("PATH"), "{failure}");
     assert_eq!(worker.restarts(), 0);
 }

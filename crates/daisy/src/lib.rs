@@ -1,1 +1,43 @@
-//! daisy.
+//! daisy-rs for Rust users: cut a huge nD volume into blocks, process
+//! every block in parallel with your function, respecting conflicts
+//! between neighbours and dependencies between tasks.
+//!
+//! ```no_run
+//! use daisy::{Roi, Task, run_blockwise};
+//!
+//! let smooth = Task::builder("smooth")
+//!     .total_roi(Roi::new([0, 0, 0].into(), [1024, 1024, 1024].into()))
+//!     .read_roi(Roi::new([0, 0, 0].into(), [80, 80, 80].into()))
+//!     .write_roi(Roi::new([8, 8, 8].into(), [64, 64, 64].into()))
+//!     .max_workers(8)
+//!     .process(|block| -> Result<(), std::io::Error> {
+//!         // read block.read_roi, write block.write_roi
+//!         Ok(())
+//!     })
+//!     .build()?;
+//! let report = run_blockwise([smooth])?;
+//! assert!(report.all_succeeded());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Layout
+//! * [`Task`], [`TaskBuilder`], [`run_blockwise`], [`Runner`]: the library
+//!   API, with Rust closures as process functions.
+//! * [`in_process`]: the in-process transport (bounded channels, a journal
+//!   file for resume) that `daisy run --in-process` also uses.
+//! * [`journal`]: the append-only record of an in-process run.
+//!
+//! # Ownership
+//! This crate wires the scheduler actor (`daisy-scheduler`) to worker slots
+//! (`daisy-worker`) in one process. It does not decide anything about
+//! blocks: `daisy-core` does.
+
+pub mod in_process;
+pub mod journal;
+mod task;
+
+pub use daisy_core::{BlockId, Coordinate, Fit, Roi, TaskCounters};
+pub use daisy_scheduler::{RunReport, RunSnapshot, TaskReport};
+pub use daisy_worker::runner::WorkBlock as Block;
+pub use task::{BoxError, Runner, Task, TaskBuilder, TaskError, run_blockwise};
+pub use tokio_util::sync::CancellationToken;

@@ -34,11 +34,7 @@ pub struct CommandProcess {
 impl CommandProcess {
     /// A processor for `command` in `slot`; nothing is started until [`Self::process`].
     pub fn new(command: CommandLine, slot: SlotConfig) -> Self {
-        Self {
-            command,
-            slot,
-            separator_written: false,
-        }
+        Self { command, slot, separator_written: false }
     }
 
     /// Runs the command for `block` and waits at most `timeout` for it to exit.
@@ -68,19 +64,10 @@ impl CommandProcess {
             }
             OneShotOutcome::Exited(status) => {
                 let (kind, what) = match status.code() {
-                    Some(code) => (
-                        FailureKind::Failed,
-                        format!("command exited with code {code}"),
-                    ),
-                    None => (
-                        FailureKind::ProcessDied,
-                        format!("command was killed ({status})"),
-                    ),
+                    Some(code) => (FailureKind::Failed, format!("command exited with code {code}")),
+                    None => (FailureKind::ProcessDied, format!("command was killed ({status})")),
                 };
-                Err(BlockFailure::new(
-                    kind,
-                    with_stderr_tail(&what, &run.stderr_tail),
-                ))
+                Err(BlockFailure::new(kind, with_stderr_tail(&what, &run.stderr_tail)))
             }
             OneShotOutcome::TimedOut => Err(BlockFailure::new(
                 FailureKind::Timeout,
@@ -113,11 +100,7 @@ pub struct CheckProcess {
 impl CheckProcess {
     /// A checker for `command` in `slot`; nothing is started until [`Self::check`].
     pub fn new(command: CommandLine, slot: SlotConfig) -> Self {
-        Self {
-            command,
-            slot,
-            separator_written: false,
-        }
+        Self { command, slot, separator_written: false }
     }
 
     /// Whether `block` is already done: `Ok(true)` on exit status 0, `Ok(false)` on any
@@ -196,10 +179,7 @@ fn run_once(
         append_line(&mut logs.err, &separator);
         *separator_written = true;
     }
-    let header = format!(
-        "--- block {} attempt {} ({key}) ---\n",
-        block.block_id, block.attempt
-    );
+    let header = format!("--- block {} attempt {} ({key}) ---\n", block.block_id, block.attempt);
     append_line(&mut logs.out, &header);
     append_line(&mut logs.err, &header);
     let err_path = slot.err_log_path();
@@ -212,17 +192,11 @@ fn run_once(
         .stdin(Stdio::null())
         .stdout(Stdio::from(logs.out))
         .stderr(Stdio::from(logs.err));
-    let child = command
-        .spawn()
-        .map_err(|err| spawn_failure(key, slot, command_line, &err))?;
+    let child = command.spawn().map_err(|err| spawn_failure(key, slot, command_line, &err))?;
     let pid = child.id();
     tracing::debug!(task_id = %slot.task_id, block_id = block.block_id, pid, key, "started block process");
     let outcome = wait_with_timeout(child, timeout);
-    Ok(OneShot {
-        pid,
-        outcome,
-        stderr_tail: tail_since(&err_path, stderr_start),
-    })
+    Ok(OneShot { pid, outcome, stderr_tail: tail_since(&err_path, stderr_start) })
 }
 
 /// Waits for `child` on a waiter thread for at most `timeout`; at the deadline kills its
@@ -231,12 +205,10 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> OneShotOutcome {
     let pid = child.id();
     // Capacity 1: the waiter sends exactly one status and must never block on it.
     let (status_tx, status_rx) = mpsc::sync_channel(1);
-    let spawned = thread::Builder::new()
-        .name(format!("daisy-wait-{pid}"))
-        .spawn(move || {
-            // The receiver may be gone after a reap timeout; nobody needs the status then.
-            let _ = status_tx.send(child.wait());
-        });
+    let spawned = thread::Builder::new().name(format!("daisy-wait-{pid}")).spawn(move || {
+        // The receiver may be gone after a reap timeout; nobody needs the status then.
+        let _ = status_tx.send(child.wait());
+    });
     let waiter = match spawned {
         Ok(handle) => handle,
         Err(err) => {

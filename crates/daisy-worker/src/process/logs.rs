@@ -27,10 +27,7 @@ pub(super) fn open_slot_logs(slot: &SlotConfig) -> io::Result<SlotLogFiles> {
     if let Some(dir) = out_path.parent() {
         fs::create_dir_all(dir)?;
     }
-    Ok(SlotLogFiles {
-        out: open_append(&out_path)?,
-        err: open_append(&slot.err_log_path())?,
-    })
+    Ok(SlotLogFiles { out: open_append(&out_path)?, err: open_append(&slot.err_log_path())? })
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -92,11 +89,8 @@ fn read_tail(path: &Path, since: u64) -> io::Result<String> {
     file.take(len - start).read_to_end(&mut bytes)?;
     let text = String::from_utf8_lossy(&bytes);
     // When the byte cap cut into a line, drop that partial first line.
-    let text = if start > since {
-        text.split_once('\n').map_or("", |(_, rest)| rest)
-    } else {
-        &text
-    };
+    let text =
+        if start > since { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text };
     let lines: Vec<&str> = text
         .lines()
         .filter(|line| !line.starts_with(SEPARATOR_PREFIX) && !line.trim().is_empty())

@@ -61,10 +61,8 @@ pub use worker::WorkerProcess;
 ///
 /// A caller can write it next to a user's script (or into a directory on `PYTHONPATH`) so
 /// that `import daisy_worker` works without a checkout of daisy-rs.
-pub const PYTHON_HELPER_SOURCE: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../python/daisy_worker.py"
-));
+pub const PYTHON_HELPER_SOURCE: &str =
+    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../python/daisy_worker.py"));
 
 /// Offset and shape of a ROI as they travel in the JSON protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,10 +153,7 @@ pub struct BlockFailure {
 
 impl BlockFailure {
     pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
 }
 
@@ -184,10 +179,7 @@ impl CommandLine {
     pub fn new(argv: Vec<String>) -> Result<Self, EmptyCommand> {
         let mut argv = argv.into_iter();
         let program = argv.next().ok_or(EmptyCommand)?;
-        Ok(Self {
-            program,
-            args: argv.collect(),
-        })
+        Ok(Self { program, args: argv.collect() })
     }
 
     /// The program to run, looked up on `PATH` when it has no slash.
@@ -228,14 +220,12 @@ pub struct SlotConfig {
 impl SlotConfig {
     /// Path of the slot's stdout log, `<log_dir>/<task>/worker_<n>.out`.
     pub fn out_log_path(&self) -> PathBuf {
-        self.task_log_dir()
-            .join(format!("worker_{}.out", self.worker_id))
+        self.task_log_dir().join(format!("worker_{}.out", self.worker_id))
     }
 
     /// Path of the slot's stderr log, `<log_dir>/<task>/worker_<n>.err`.
     pub fn err_log_path(&self) -> PathBuf {
-        self.task_log_dir()
-            .join(format!("worker_{}.err", self.worker_id))
+        self.task_log_dir().join(format!("worker_{}.err", self.worker_id))
     }
 
     fn task_log_dir(&self) -> PathBuf {
@@ -312,14 +302,8 @@ mod tests {
         let line = BlockLine {
             task: "smooth".to_owned(),
             block_id: 12,
-            read_roi: BlockRoi {
-                offset: vec![0],
-                shape: vec![8],
-            },
-            write_roi: BlockRoi {
-                offset: vec![2],
-                shape: vec![4],
-            },
+            read_roi: BlockRoi { offset: vec![0], shape: vec![8] },
+            write_roi: BlockRoi { offset: vec![2], shape: vec![4] },
             attempt: 1,
         };
         assert_eq!(

@@ -69,12 +69,7 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// A worker for `command` in `slot`; the child is started by the first [`Self::process`].
     pub fn new(command: CommandLine, slot: SlotConfig) -> Self {
-        Self {
-            command,
-            slot,
-            running: None,
-            spawn_count: 0,
-        }
+        Self { command, slot, running: None, spawn_count: 0 }
     }
 
     /// Sends `block` to the child (starting or restarting it as needed) and waits at most
@@ -105,9 +100,8 @@ impl WorkerProcess {
         loop {
             let mut worker = self.live_worker()?;
             let pid = worker.pid;
-            let remaining = deadline.map_or(timeout, |deadline| {
-                deadline.saturating_duration_since(Instant::now())
-            });
+            let remaining = deadline
+                .map_or(timeout, |deadline| deadline.saturating_duration_since(Instant::now()));
             match worker.exchange(&line, block_id, remaining, &self.slot) {
                 Exchange::Replied(reply) => {
                     if worker.is_dead() {
@@ -431,13 +425,10 @@ impl RunningWorker {
         }
         loop {
             let event = match deadline {
-                Some(deadline) => self
-                    .events
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now())),
-                None => self
-                    .events
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(deadline) => {
+                    self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                }
+                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match event {
                 Ok(WorkerEvent::Reply(reply)) if reply.block_id == block_id => {
@@ -488,9 +479,8 @@ impl RunningWorker {
             if done {
                 return None;
             }
-            let remaining = deadline.map_or(within, |deadline| {
-                deadline.saturating_duration_since(Instant::now())
-            });
+            let remaining = deadline
+                .map_or(within, |deadline| deadline.saturating_duration_since(Instant::now()));
             match self.events.recv_timeout(remaining) {
                 Ok(event) => {
                     if let Some(reply) = self.note(event) {
@@ -532,10 +522,7 @@ impl RunningWorker {
             ),
             (_, None) => {}
         }
-        Termination {
-            exit: self.exit.take(),
-            killed,
-        }
+        Termination { exit: self.exit.take(), killed }
     }
 }
 
@@ -559,11 +546,7 @@ struct ReaderContext {
 
 impl fmt::Display for ReaderContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/worker_{} pid {}",
-            self.task_id, self.worker_id, self.pid
-        )
+        write!(f, "{}/worker_{} pid {}", self.task_id, self.worker_id, self.pid)
     }
 }
 
@@ -581,11 +564,7 @@ fn read_stdout(
     let mut receiver_gone = false;
     loop {
         line.clear();
-        match reader
-            .by_ref()
-            .take(MAX_LINE_BYTES)
-            .read_until(b'\n', &mut line)
-        {
+        match reader.by_ref().take(MAX_LINE_BYTES).read_until(b'\n', &mut line) {
             Ok(0) => break,
             Ok(_) => {}
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -638,21 +617,15 @@ fn split_reply(line: &[u8]) -> Option<(BlockReply, &[u8])> {
     {
         return None;
     }
-    body.iter()
-        .enumerate()
-        .skip(1)
-        .filter(|(_, byte)| **byte == b'{')
-        .find_map(|(start, _)| {
-            serde_json::from_slice::<BlockReply>(&body[start..])
-                .ok()
-                .map(|reply| (reply, &body[..start]))
-        })
+    body.iter().enumerate().skip(1).filter(|(_, byte)| **byte == b'{').find_map(|(start, _)| {
+        serde_json::from_slice::<BlockReply>(&body[start..])
+            .ok()
+            .map(|reply| (reply, &body[..start]))
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
+    haystack.windows(needle.len()).any(|window| window == needle)
 }
 
 /// A JSON object with a `block_id` that is not a valid reply is most likely a protocol bug

@@ -1,0 +1,379 @@
+//! The worker loop: takes batches of blocks from a transport, has a
+//! processor run them on a blocking thread, reports the outcomes.
+//!
+//! ```text
+//!  transport ──Dispatch──► WorkerSlot ──spawn_blocking──► BlockProcessor
+//!      ▲                      │  (heartbeats while a batch runs)  │ check, process
+//!      └──────OutcomeReport───┘◄───────────── results ────────────┘
+//! ```
+//!
+//! # Task policy
+//! One slot is one task (`task = "worker.slot"`). A transport error ends
+//! the slot with an error; a block's failure is just an outcome. On cancel
+//! the slot stops between blocks: blocks of the batch not yet started are
+//! left unreported (they stay in flight and run again on resume).
+//!
+//! # Why batches
+//! A no-op block takes microseconds; a message per block would cap a run at
+//! the transport's message rate. The scheduler sizes batches to ~100 ms of
+//! work, so per-batch costs (a thread hop, a message) vanish.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use daisy_core::{BlockId, BlockIndex, Pipeline, Roi, TaskIndex};
+use daisy_proto::{BlockResult, Dispatch, FailureKind, OutcomeKind, OutcomeReport, WorkerId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::process::{self, BlockFailure, BlockLine, BlockRoi, CheckProcess, Processor};
+
+/// One block as a processor sees it (shaped like Daisy's `Block`).
+#[derive(Debug, Clone)]
+pub struct WorkBlock {
+    /// The task's id.
+    pub task_id: Arc<str>,
+    /// Daisy's block id.
+    pub block_id: BlockId,
+    /// The block's dense index in its task's grid.
+    pub index: BlockIndex,
+    /// What the block reads.
+    pub read_roi: Roi,
+    /// What the block writes.
+    pub write_roi: Roi,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// How long the attempt may take.
+    pub timeout: Duration,
+}
+
+impl WorkBlock {
+    /// The JSON-lines protocol form of the block.
+    pub fn to_line(&self) -> BlockLine {
+        let roi =
+            |roi: &Roi| BlockRoi { offset: roi.offset().to_vec(), shape: roi.shape().to_vec() };
+        BlockLine {
+            task: self.task_id.to_string(),
+            block_id: self.block_id.0,
+            read_roi: roi(&self.read_roi),
+            write_roi: roi(&self.write_roi),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// Why an attempt failed, as a processor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessError {
+    /// The kind the scheduler decides on.
+    pub kind: FailureKind,
+    /// Text for people.
+    pub message: String,
+}
+
+impl From<BlockFailure> for ProcessError {
+    fn from(failure: BlockFailure) -> Self {
+        let kind = match failure.kind {
+            process::FailureKind::Failed => FailureKind::Failed,
+            process::FailureKind::Timeout => FailureKind::Timeout,
+            process::FailureKind::ProcessDied => FailureKind::ProcessDied,
+            process::FailureKind::SpawnFailed => FailureKind::SpawnFailed,
+        };
+        Self { kind, message: failure.message }
+    }
+}
+
+/// Runs blocks: a Rust closure, a user's process, or anything else.
+/// Processors run on blocking threads, one block at a time per slot.
+pub trait BlockProcessor: Send + 'static {
+    /// Whether the block is already done (Daisy's `check_function`); the
+    /// default has no check.
+    ///
+    /// # Errors
+    /// A failed check is logged and the block processed.
+    fn check(&mut self, _block: &WorkBlock) -> Result<bool, ProcessError> {
+        Ok(false)
+    }
+
+    /// Processes one block.
+    ///
+    /// # Errors
+    /// The attempt failed; the kind decides retries and restarts.
+    fn process(&mut self, block: &WorkBlock) -> Result<(), ProcessError>;
+
+    /// Worker process restarts so far (0 for in-process code).
+    fn restarts(&self) -> u64 {
+        0
+    }
+
+    /// Whether `process` itself stops an attempt at the block's timeout (a
+    /// child process is killed). In-process code cannot be stopped: an
+    /// attempt that overran is counted as a timeout when it returns.
+    fn enforces_timeout(&self) -> bool {
+        false
+    }
+
+    /// Stops any child process; called once when the slot ends.
+    fn shutdown(&mut self) {}
+}
+
+impl BlockProcessor for Box<dyn BlockProcessor> {
+    fn check(&mut self, block: &WorkBlock) -> Result<bool, ProcessError> {
+        (**self).check(block)
+    }
+    fn process(&mut self, block: &WorkBlock) -> Result<(), ProcessError> {
+        (**self).process(block)
+    }
+    fn restarts(&self) -> u64 {
+        (**self).restarts()
+    }
+    fn enforces_timeout(&self) -> bool {
+        (**self).enforces_timeout()
+    }
+    fn shutdown(&mut self) {
+        (**self).shutdown();
+    }
+}
+
+/// The processor of a pipeline-file task: a `worker =` or `command =`
+/// process, with an optional `check =` process.
+pub struct CommandProcessor {
+    processor: Processor,
+    check: Option<CheckProcess>,
+}
+
+impl CommandProcessor {
+    /// Wraps processes built from the pipeline file.
+    pub fn new(processor: Processor, check: Option<CheckProcess>) -> Self {
+        Self { processor, check }
+    }
+}
+
+impl BlockProcessor for CommandProcessor {
+    fn check(&mut self, block: &WorkBlock) -> Result<bool, ProcessError> {
+        match &mut self.check {
+            Some(check) => Ok(check.check(&block.to_line(), block.timeout)?),
+            None => Ok(false),
+        }
+    }
+
+    fn process(&mut self, block: &WorkBlock) -> Result<(), ProcessError> {
+        Ok(self.processor.process(&block.to_line(), block.timeout)?)
+    }
+
+    fn restarts(&self) -> u64 {
+        self.processor.restarts()
+    }
+
+    fn enforces_timeout(&self) -> bool {
+        true
+    }
+
+    fn shutdown(&mut self) {
+        self.processor.shutdown(Duration::from_secs(5));
+    }
+}
+
+/// A transport failure on the worker side.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct WorkerTransportError {
+    /// What the transport was doing.
+    pub what: &'static str,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// The worker's side of a transport, for one task.
+pub trait WorkerTransport: Send {
+    /// The next batch of blocks; `None` when the task has no more work.
+    fn next_dispatch(&mut self) -> impl Future<Output = Option<Dispatch>> + Send;
+
+    /// Sends (and, for durable transports, records) the outcomes of a batch.
+    fn report(
+        &mut self,
+        report: OutcomeReport,
+    ) -> impl Future<Output = Result<(), WorkerTransportError>> + Send;
+
+    /// Tells the transport the current batch is still being worked on
+    /// (JetStream in-progress acks); called every [`HEARTBEAT_INTERVAL`].
+    fn heartbeat(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// How often a slot heartbeats while a batch runs.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// One worker slot of one task.
+pub struct WorkerSlot<P, T> {
+    /// The pipeline, to turn block indices into ROIs and ids.
+    pub pipeline: Arc<Pipeline>,
+    /// The task this slot works for.
+    pub task: TaskIndex,
+    /// The slot's unique name.
+    pub worker_id: WorkerId,
+    /// What runs the blocks.
+    pub processor: P,
+    /// Where blocks come from and outcomes go.
+    pub transport: T,
+}
+
+impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
+    /// Processes batches until the transport has no more or `cancel` fires.
+    ///
+    /// # Errors
+    /// A transport failure.
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), WorkerTransportError> {
+        let WorkerSlot { pipeline, task, worker_id, processor, mut transport } = self;
+        let task_id: Arc<str> = Arc::from(pipeline.task(task).spec.id.as_str());
+        let timeout = pipeline.task(task).spec.timeout;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut processor = Some(processor);
+        let mut reported_restarts = 0u64;
+        loop {
+            let dispatch = tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                dispatch = transport.next_dispatch() => dispatch,
+            };
+            let Some(dispatch) = dispatch else { break };
+            if dispatch.task != *task_id {
+                warn!(expected = %task_id, got = %dispatch.task, "dispatch for another task dropped");
+                continue;
+            }
+            let grid = &pipeline.task(task).grid;
+            let blocks: Vec<WorkBlock> = dispatch
+                .blocks
+                .iter()
+                .filter(|work| work.index < grid.num_blocks())
+                .map(|work| {
+                    let k = grid.grid_index(BlockIndex(work.index));
+                    WorkBlock {
+                        task_id: task_id.clone(),
+                        block_id: grid.block_id(&k),
+                        index: BlockIndex(work.index),
+                        read_roi: grid.read_roi(&k),
+                        write_roi: grid.write_roi(&k),
+                        attempt: work.attempt,
+                        timeout,
+                    }
+                })
+                .collect();
+            debug!(task = %task_id, blocks = blocks.len(), "batch received");
+            let mut running = processor.take().expect("the processor is back after every batch");
+            let stop_flag = stop.clone();
+            let mut batch = tokio::task::spawn_blocking(move || {
+                let results = run_batch(&mut running, &blocks, &stop_flag);
+                (running, results)
+            });
+            let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+            heartbeat.tick().await;
+            let (returned, results) = loop {
+                tokio::select! {
+                    biased;
+                    joined = &mut batch => match joined {
+                        Ok(done) => break done,
+                        Err(err) => {
+                            // run_batch catches panics per block, so this is a bug.
+                            return Err(WorkerTransportError { what: "running a batch", reason: err.to_string() });
+                        }
+                    },
+                    () = cancel.cancelled(), if !stop.load(Ordering::Relaxed) => stop.store(true, Ordering::Relaxed),
+                    _ = heartbeat.tick() => transport.heartbeat().await,
+                }
+            };
+            let restarts = returned.restarts();
+            processor = Some(returned);
+            let report = OutcomeReport {
+                task: task_id.to_string(),
+                worker: worker_id.clone(),
+                results,
+                worker_restarts: u32::try_from(restarts - reported_restarts).unwrap_or(u32::MAX),
+            };
+            reported_restarts = restarts;
+            transport.report(report).await?;
+        }
+        if let Some(mut processor) = processor {
+            let _ = tokio::task::spawn_blocking(move || processor.shutdown()).await;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a batch on the current (blocking) thread, stopping between blocks
+/// when `stop` is set.
+fn run_batch<P: BlockProcessor>(
+    processor: &mut P,
+    blocks: &[WorkBlock],
+    stop: &AtomicBool,
+) -> Vec<BlockResult> {
+    let mut results = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let started = Instant::now();
+        let outcome = run_block(processor, block);
+        let seconds = started.elapsed().as_secs_f32();
+        let (outcome, error) = match outcome {
+            Ok(outcome) => (outcome, None),
+            Err(err) => (OutcomeKind::Failed { kind: err.kind }, Some(err.message)),
+        };
+        results.push(BlockResult {
+            index: block.index.0,
+            attempt: block.attempt,
+            outcome,
+            error,
+            seconds,
+        });
+    }
+    results
+}
+
+fn run_block<P: BlockProcessor>(
+    processor: &mut P,
+    block: &WorkBlock,
+) -> Result<OutcomeKind, ProcessError> {
+    match catch_unwind(AssertUnwindSafe(|| processor.check(block))) {
+        Ok(Ok(true)) => return Ok(OutcomeKind::Skipped),
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => {
+            warn!(task = %block.task_id, block_id = %block.block_id, error = %err.message, "check failed, processing the block");
+        }
+        Err(panic) => {
+            warn!(task = %block.task_id, block_id = %block.block_id, error = %panic_message(&panic), "check panicked, processing the block");
+        }
+    }
+    let started = Instant::now();
+    match catch_unwind(AssertUnwindSafe(|| processor.process(block))) {
+        Ok(Ok(())) if !processor.enforces_timeout() && started.elapsed() > block.timeout => {
+            Err(ProcessError {
+                kind: FailureKind::Timeout,
+                message: format!(
+                    "the block took {:.1}s, longer than the task's timeout of {:.1}s (in-process code cannot be killed, so it ran to the end; its result is not trusted)",
+                    started.elapsed().as_secs_f64(),
+                    block.timeout.as_secs_f64()
+                ),
+            })
+        }
+        Ok(Ok(())) => Ok(OutcomeKind::Success),
+        Ok(Err(err)) => Err(err),
+        Err(panic) => {
+            Err(ProcessError { kind: FailureKind::Panicked, message: panic_message(&panic) })
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        format!("panicked: {text}")
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        format!("panicked: {text}")
+    } else {
+        "panicked".to_owned()
+    }
+}

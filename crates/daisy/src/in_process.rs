@@ -1,0 +1,251 @@
+//! The in-process transport: bounded channels between the scheduler actor
+//! and worker slots (tokio tasks running processors on blocking threads),
+//! and a journal file as the durable record.
+//!
+//! ```text
+//!  RunScheduler ──dispatch──► async_channel per task (cap 2 × max_workers) ──► WorkerSlot × max_workers
+//!       ▲                                                                           │
+//!       └── journal.append, then apply ◄── mpsc reports (cap ≥ all batches in flight) ┘
+//! ```
+//!
+//! The channels form a cycle, so neither direction may block on the other:
+//! the scheduler dispatches only while a task has fewer batches in flight
+//! than its channel holds (so sending never waits), and the report channel
+//! holds every batch that can be in flight (so workers never wait).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use daisy_core::{Pipeline, TaskIndex};
+use daisy_proto::{Dispatch, Event, OutcomeReport, WorkerId, layout_hash};
+use daisy_scheduler::{
+    ReplayedOutcomes, RunReport, RunScheduler, RunSnapshot, SchedulerConfig, SchedulerError,
+    SchedulerTransport, TransportError,
+};
+use daisy_worker::runner::{BlockProcessor, WorkerSlot, WorkerTransport, WorkerTransportError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::journal::{Journal, JournalError};
+
+/// Batches per worker slot that may wait in a task's channel.
+const BATCHES_PER_WORKER: usize = 2;
+
+/// Builds the processor of one worker slot: `(task, slot index)`.
+pub type ProcessorFactory = dyn Fn(TaskIndex, u32) -> Box<dyn BlockProcessor> + Send + Sync;
+
+/// Where and how an in-process run records itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The directory holding the run's journal (e.g. `.daisy/<run-id>`);
+    /// `None` records nothing (no resume).
+    pub run_dir: Option<PathBuf>,
+    /// Discard what an earlier session recorded and start over.
+    pub fresh: bool,
+    /// Scheduler tuning.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Why an in-process run could not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The journal cannot be used (locked, layout changed, I/O).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The scheduler stopped.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+}
+
+struct InProcessTransport {
+    dispatch: Vec<async_channel::Sender<Dispatch>>,
+    capacity: Vec<usize>,
+    reports: mpsc::Receiver<OutcomeReport>,
+    journal: Option<Journal>,
+}
+
+fn journal_error(err: JournalError) -> TransportError {
+    TransportError { what: "recording to the journal", reason: err.to_string() }
+}
+
+impl SchedulerTransport for InProcessTransport {
+    async fn dispatch(
+        &mut self,
+        task: TaskIndex,
+        dispatch: Dispatch,
+    ) -> Result<(), TransportError> {
+        self.dispatch[task.get()].send(dispatch).await.map_err(|_| TransportError {
+            what: "dispatching blocks",
+            reason: "every worker of the task has stopped".into(),
+        })
+    }
+
+    async fn next_report(&mut self) -> Result<Option<OutcomeReport>, TransportError> {
+        let Some(report) = self.reports.recv().await else { return Ok(None) };
+        if let Some(journal) = &mut self.journal {
+            let event = Event::Outcomes(report);
+            journal.append(&event).map_err(journal_error)?;
+            let Event::Outcomes(report) = event else { unreachable!("built just above") };
+            return Ok(Some(report));
+        }
+        Ok(Some(report))
+    }
+
+    async fn record(&mut self, event: &Event) -> Result<(), TransportError> {
+        match &mut self.journal {
+            Some(journal) => journal.append(event).map_err(journal_error),
+            None => Ok(()),
+        }
+    }
+
+    fn batch_capacity(&self, task: TaskIndex) -> usize {
+        self.capacity[task.get()]
+    }
+
+    fn close_task(&mut self, task: TaskIndex) {
+        self.dispatch[task.get()].close();
+    }
+}
+
+struct InProcessWorkerTransport {
+    dispatch: async_channel::Receiver<Dispatch>,
+    reports: mpsc::Sender<OutcomeReport>,
+}
+
+impl WorkerTransport for InProcessWorkerTransport {
+    async fn next_dispatch(&mut self) -> Option<Dispatch> {
+        self.dispatch.recv().await.ok()
+    }
+
+    async fn report(&mut self, report: OutcomeReport) -> Result<(), WorkerTransportError> {
+        self.reports.send(report).await.map_err(|_| WorkerTransportError {
+            what: "reporting outcomes",
+            reason: "the scheduler has stopped".into(),
+        })
+    }
+}
+
+/// A prepared in-process run: the journal is open (so a locked or changed
+/// run is refused before anything starts) and progress can be watched.
+pub struct InProcessRun {
+    pipeline: Arc<Pipeline>,
+    scheduler: RunScheduler<InProcessTransport>,
+    workers: Vec<(TaskIndex, u32, InProcessWorkerTransport)>,
+    resumed_blocks: u64,
+}
+
+impl InProcessRun {
+    /// Opens the journal, replays it and wires scheduler and workers.
+    ///
+    /// # Errors
+    /// [`RunError::Journal`] if the journal cannot be used.
+    pub fn prepare(pipeline: Arc<Pipeline>, options: RunOptions) -> Result<Self, RunError> {
+        let (journal, events) = match &options.run_dir {
+            Some(dir) => {
+                let (journal, events) = Journal::open(dir, &layout_hash(&pipeline), options.fresh)?;
+                (Some(journal), events)
+            }
+            None => (None, Vec::new()),
+        };
+        let resumed_blocks = events
+            .iter()
+            .map(|event| match event {
+                Event::Outcomes(report) => report
+                    .results
+                    .iter()
+                    .filter(|r| !matches!(r.outcome, daisy_proto::OutcomeKind::Failed { .. }))
+                    .count() as u64,
+                _ => 0,
+            })
+            .sum();
+        let mut senders = Vec::new();
+        let mut capacity = Vec::new();
+        let mut workers = Vec::new();
+        let mut report_capacity = 16;
+        let mut receivers = Vec::new();
+        for (position, task) in pipeline.tasks().iter().enumerate() {
+            let slots = task.spec.max_workers as usize;
+            let batches = slots * BATCHES_PER_WORKER;
+            let (tx, rx) = async_channel::bounded(batches);
+            senders.push(tx);
+            capacity.push(batches);
+            receivers.push((TaskIndex(position as u32), slots, rx));
+            report_capacity += batches + slots;
+        }
+        let (report_tx, report_rx) = mpsc::channel(report_capacity);
+        for (task, slots, rx) in receivers {
+            for slot in 0..slots as u32 {
+                workers.push((
+                    task,
+                    slot,
+                    InProcessWorkerTransport { dispatch: rx.clone(), reports: report_tx.clone() },
+                ));
+            }
+        }
+        drop(report_tx);
+        let transport =
+            InProcessTransport { dispatch: senders, capacity, reports: report_rx, journal };
+        let scheduler = RunScheduler::new(
+            pipeline.clone(),
+            transport,
+            options.scheduler,
+            ReplayedOutcomes { events },
+        );
+        Ok(Self { pipeline, scheduler, workers, resumed_blocks })
+    }
+
+    /// How many block outcomes an earlier session recorded as done.
+    pub fn resumed_blocks(&self) -> u64 {
+        self.resumed_blocks
+    }
+
+    /// Live snapshots of the run.
+    pub fn subscribe(&self) -> watch::Receiver<RunSnapshot> {
+        self.scheduler.subscribe()
+    }
+
+    /// Runs every block, with processors made by `factory`, until done or
+    /// cancelled.
+    ///
+    /// # Errors
+    /// [`RunError::Scheduler`] if the run cannot go on.
+    pub async fn run(
+        self,
+        factory: &ProcessorFactory,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, RunError> {
+        let InProcessRun { pipeline, scheduler, workers, .. } = self;
+        let mut slots = JoinSet::new();
+        let worker_cancel = cancel.child_token();
+        let process_id = std::process::id();
+        for (task, slot, transport) in workers {
+            let worker_id =
+                WorkerId(format!("{}-{process_id}-{slot}", pipeline.task(task).spec.id));
+            let worker = WorkerSlot {
+                pipeline: pipeline.clone(),
+                task,
+                worker_id,
+                processor: factory(task, slot),
+                transport,
+            };
+            slots.spawn(worker.run(worker_cancel.clone()));
+        }
+        info!(slots = slots.len(), "worker slots started");
+        let result = scheduler.run(cancel.clone()).await;
+        // The scheduler closed every task's channel; slots end after their
+        // current batch (or at once when cancelled).
+        if result.is_err() {
+            worker_cancel.cancel();
+        }
+        while let Some(joined) = slots.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => error!(error = %err, "worker slot stopped with an error"),
+                Err(err) => error!(error = %err, "worker slot panicked"),
+            }
+        }
+        Ok(result?)
+    }
+}
