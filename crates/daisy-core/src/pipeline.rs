@@ -456,3 +456,67 @@ fn topological_order(tasks: &[PipelineTask]) -> Result<Vec<TaskIndex>, PipelineE
     }
     Ok(order)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Coordinate;
+
+    fn spec(id: &str, upstream: &[&str]) -> TaskSpec {
+        let roi = |o: i64, s: i64| Roi::new(Coordinate::from([o, o]), Coordinate::from([s, s]));
+        let mut spec = TaskSpec::new(TaskId::new(id).unwrap(), roi(0, 12), roi(0, 4), roi(1, 2));
+        spec.upstream = upstream.iter().map(|u| TaskId::new(*u).unwrap()).collect();
+        spec
+    }
+
+    #[test]
+    fn duplicate_unknown_and_cyclic_tasks_are_refused() {
+        let err = Pipeline::new(vec![spec("a", &[]), spec("a", &[])]).unwrap_err();
+        assert!(matches!(err, PipelineError::DuplicateTaskId { .. }));
+        let err = Pipeline::new(vec![spec("a", &["nope"])]).unwrap_err();
+        assert!(
+            matches!(err, PipelineError::UnknownUpstream { ref upstream, .. } if upstream == "nope")
+        );
+        let err = Pipeline::new(vec![spec("a", &["c"]), spec("b", &["a"]), spec("c", &["b"])])
+            .unwrap_err();
+        assert!(matches!(err, PipelineError::Cycle { ref tasks } if tasks.len() == 3));
+        assert!(err.to_string().contains("'a', 'b', 'c'"), "{err}");
+        assert_eq!(Pipeline::new(vec![]).unwrap_err(), PipelineError::NoTasks);
+    }
+
+    #[test]
+    fn bad_values_name_the_task_and_field() {
+        let mut zero = spec("a", &[]);
+        zero.max_workers = 0;
+        assert!(matches!(Pipeline::new(vec![zero]), Err(PipelineError::ZeroMaxWorkers { .. })));
+        let mut no_time = spec("a", &[]);
+        no_time.timeout = std::time::Duration::ZERO;
+        assert!(matches!(Pipeline::new(vec![no_time]), Err(PipelineError::ZeroTimeout { .. })));
+        let mut flat = spec("b", &["a"]);
+        flat.total_roi = Roi::new(Coordinate::from([0]), Coordinate::from([12]));
+        flat.read_roi = Roi::new(Coordinate::from([0]), Coordinate::from([4]));
+        flat.write_roi = Roi::new(Coordinate::from([1]), Coordinate::from([2]));
+        let err = Pipeline::new(vec![spec("a", &[]), flat]).unwrap_err();
+        assert!(matches!(err, PipelineError::UpstreamDims { dims: 1, upstream_dims: 2, .. }));
+        let mut outside = spec("a", &[]);
+        outside.write_roi = Roi::new(Coordinate::from([3, 3]), Coordinate::from([2, 2]));
+        let err = Pipeline::new(vec![outside]).unwrap_err();
+        assert!(matches!(
+            err,
+            PipelineError::Grid { source: GridError::WriteNotInRead { .. }, .. }
+        ));
+        assert!(err.to_string().starts_with("task 'a': write_roi"), "{err}");
+    }
+
+    #[test]
+    fn topological_order_puts_upstream_first() {
+        let pipeline =
+            Pipeline::new(vec![spec("c", &["b"]), spec("a", &[]), spec("b", &["a"])]).unwrap();
+        let order: Vec<&str> = pipeline
+            .topological_order()
+            .iter()
+            .map(|&t| pipeline.task(t).spec.id.as_str())
+            .collect();
+        assert_eq!(order, ["a", "b", "c"]);
+    }
+}
