@@ -146,7 +146,8 @@ struct TaskState {
     ok: FixedBitSet,
     /// Succeeded, skipped, failed or orphaned.
     terminal: FixedBitSet,
-    /// Ready (in `queue` or behind the root cursor) or processing.
+    /// Has a live entry in `queue` (entries whose bit is clear are stale
+    /// and skipped when popped).
     queued: FixedBitSet,
     processing: FixedBitSet,
     /// Blocks an earlier run recorded as done: skipped when acquired.
@@ -283,20 +284,87 @@ impl Scheduler {
         }
     }
 
+    /// Pops the next ready block, skipping stale queue entries and root
+    /// blocks that a recorded outcome already settled.
     fn pop_ready(&mut self, task: TaskIndex) -> Option<BlockIndex> {
         let state = &mut self.tasks[task.get()];
-        if let Some(index) = state.queue.pop_front() {
-            return Some(index);
+        while let Some(index) = state.queue.pop_front() {
+            let position = index.0 as usize;
+            if state.queued.contains(position) {
+                state.queued.set(position, false);
+                return Some(index);
+            }
         }
-        if state.root_cursor < state.root_count {
-            let grid = &self.pipeline.task(task).grid;
+        let grid = &self.pipeline.task(task).grid;
+        while state.root_cursor < state.root_count {
             let k = grid.nth_block_of_level(0, state.root_cursor);
             state.root_cursor += 1;
             let index = grid.dense_index(&k);
-            state.queued.insert(index.0 as usize);
-            return Some(index);
+            let position = index.0 as usize;
+            if !state.terminal.contains(position) && !state.processing.contains(position) {
+                return Some(index);
+            }
         }
         None
+    }
+
+    /// Whether `key` is ready: queued, or a root block behind the cursor
+    /// that nothing settled yet.
+    fn is_ready(&self, key: BlockKey) -> bool {
+        let state = &self.tasks[key.task.get()];
+        let position = key.index.0 as usize;
+        if state.queued.contains(position) {
+            return true;
+        }
+        if state.root_count == 0
+            || state.terminal.contains(position)
+            || state.processing.contains(position)
+        {
+            return false;
+        }
+        let grid = &self.pipeline.task(key.task).grid;
+        let k = grid.grid_index(key.index);
+        grid.level(&k) == 0 && grid.enumeration_index(&k) >= state.root_cursor
+    }
+
+    /// Makes a block that is pending or ready count as processing, without
+    /// handing it out: it is held by a worker from an earlier session (a
+    /// block message still in the stream). Returns false if the block is
+    /// already processing or finished.
+    pub fn mark_in_flight(&mut self, key: BlockKey) -> bool {
+        let position = key.index.0 as usize;
+        let ready = self.is_ready(key);
+        let state = &mut self.tasks[key.task.get()];
+        if state.terminal.contains(position) || state.processing.contains(position) {
+            return false;
+        }
+        if ready {
+            state.counters.ready -= 1;
+            state.queued.set(position, false);
+        }
+        state.processing.insert(position);
+        state.counters.processing += 1;
+        true
+    }
+
+    /// Applies an outcome read from the durable record (a failover
+    /// replaying the event stream): like [`Scheduler::release`], but the
+    /// block need not have been handed out by this scheduler — it may be
+    /// pending or ready here, since an earlier leader dispatched it.
+    ///
+    /// # Errors
+    /// [`ReleaseError::NotProcessing`] if the block already finished
+    /// (a duplicate record).
+    pub fn apply_recorded(
+        &mut self,
+        key: BlockKey,
+        outcome: Outcome,
+    ) -> Result<Released, ReleaseError> {
+        let position = key.index.0 as usize;
+        if !self.tasks[key.task.get()].processing.contains(position) && !self.mark_in_flight(key) {
+            return Err(ReleaseError::NotProcessing { key });
+        }
+        self.release(key, outcome)
     }
 
     /// Records the outcome of an attempt at a processing block.
@@ -320,6 +388,7 @@ impl Scheduler {
                 *failed_attempts += 1;
                 let failed_attempts = *failed_attempts;
                 if failed_attempts <= state.max_retries {
+                    state.queued.insert(key.index.0 as usize);
                     state.queue.push_back(key.index);
                     state.counters.ready += 1;
                     return Ok(Released::WillRetry { failed_attempts });
@@ -340,7 +409,6 @@ impl Scheduler {
         let state = &mut self.tasks[key.task.get()];
         debug_assert!(state.processing.contains(position));
         state.processing.set(position, false);
-        state.queued.set(position, false);
         state.ok.insert(position);
         state.terminal.insert(position);
         state.counters.processing -= 1;
@@ -362,6 +430,7 @@ impl Scheduler {
             let down_position = down.index.0 as usize;
             if !down_state.terminal.contains(down_position)
                 && !down_state.queued.contains(down_position)
+                && !down_state.processing.contains(down_position)
             {
                 downstream.push((down, down_k));
             }
@@ -404,10 +473,11 @@ impl Scheduler {
                 if state.terminal.contains(position) {
                     return;
                 }
-                debug_assert!(
-                    !state.queued.contains(position),
-                    "a block downstream of a failure was ready"
-                );
+                if state.queued.contains(position) || state.processing.contains(position) {
+                    // Only possible when recorded outcomes arrive out of
+                    // order after a failover; such a block is not orphaned.
+                    return;
+                }
                 state.terminal.insert(position);
                 state.counters.orphaned += 1;
                 orphaned += 1;
