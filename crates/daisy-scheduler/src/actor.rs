@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::batch::BatchSizer;
 use crate::report::{FirstError, RunReport, RunSnapshot, TaskReport};
-use crate::transport::{ReplayedOutcomes, SchedulerTransport, TransportError};
+use crate::transport::{ReplayMode, ReplayedOutcomes, SchedulerTransport, TransportError};
 
 /// Tuning of the scheduler actor.
 #[derive(Debug, Clone)]
@@ -94,22 +94,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         replayed: ReplayedOutcomes,
     ) -> Self {
         let mut core = Scheduler::new(pipeline.clone());
-        let mut resumed = 0u64;
-        for event in &replayed.events {
-            let Event::Outcomes(report) = event else { continue };
-            let Some(task) = pipeline.task_index(&report.task) else { continue };
-            let num_blocks = pipeline.task(task).grid.num_blocks();
-            for result in &report.results {
-                let done = matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped);
-                if done && result.index < num_blocks {
-                    core.mark_known_done(BlockKey { task, index: BlockIndex(result.index) });
-                    resumed += 1;
-                }
-            }
-        }
-        if resumed > 0 {
-            info!(blocks = resumed, "resuming: blocks recorded as done will be skipped");
-        }
+        replay(&pipeline, &mut core, &replayed);
         let tasks = pipeline
             .tasks()
             .iter()
@@ -174,14 +159,21 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 self.fill().await?;
             }
             self.close_finished_tasks();
+            // Batches are counted per report; with a durable transport a
+            // batch may report twice (redelivery) or never to this actor
+            // (sent by an earlier leader), so the core's processing count
+            // decides when nothing is in flight.
             let in_flight: usize = self.tasks.iter().map(|t| t.batches_in_flight).sum();
-            if self.core.is_done() && in_flight == 0 {
+            let processing: u64 = (0..self.pipeline.len())
+                .map(|t| self.core.counters(TaskIndex(t as u32)).processing)
+                .sum();
+            if self.core.is_done() {
                 break;
             }
-            if drain_deadline.is_some() && in_flight == 0 {
+            if drain_deadline.is_some() && (in_flight == 0 || processing == 0) {
                 break;
             }
-            if in_flight == 0 && drain_deadline.is_none() {
+            if processing == 0 && drain_deadline.is_none() {
                 let pending = (0..self.pipeline.len())
                     .map(|t| self.core.counters(TaskIndex(t as u32)).pending())
                     .sum();
@@ -379,6 +371,61 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             })
             .collect();
         self.snapshot.send_replace(RunSnapshot { tasks, finished, interrupted });
+    }
+}
+
+/// Rebuilds the state an earlier session (or leader) recorded.
+fn replay(pipeline: &Pipeline, core: &mut Scheduler, replayed: &ReplayedOutcomes) {
+    let key_of = |task: &str, index: u64| {
+        let task = pipeline.task_index(task)?;
+        (index < pipeline.task(task).grid.num_blocks())
+            .then_some(BlockKey { task, index: BlockIndex(index) })
+    };
+    let mut applied = 0u64;
+    for event in &replayed.events {
+        let Event::Outcomes(report) = event else { continue };
+        for result in &report.results {
+            let Some(key) = key_of(&report.task, result.index) else {
+                warn!(task = %report.task, index = result.index, "recorded outcome for an unknown block ignored");
+                continue;
+            };
+            match replayed.mode {
+                ReplayMode::Resume => {
+                    if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
+                        core.mark_known_done(key);
+                        applied += 1;
+                    }
+                }
+                ReplayMode::Continue => {
+                    let outcome = match result.outcome {
+                        OutcomeKind::Success => Outcome::Success,
+                        OutcomeKind::Skipped => Outcome::Skipped,
+                        OutcomeKind::Failed { .. } => Outcome::Failed,
+                    };
+                    if core.apply_recorded(key, outcome).is_ok() {
+                        applied += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut in_flight = 0u64;
+    for (task, index) in &replayed.in_flight {
+        if let Some(key) = key_of(task, *index)
+            && core.mark_in_flight(key)
+        {
+            in_flight += 1;
+        }
+    }
+    if applied > 0 || in_flight > 0 {
+        match replayed.mode {
+            ReplayMode::Resume => {
+                info!(blocks = applied, "resuming: blocks recorded as done will be skipped");
+            }
+            ReplayMode::Continue => {
+                info!(outcomes = applied, in_flight, "taking over: recorded outcomes applied");
+            }
+        }
     }
 }
 

@@ -38,4 +38,4 @@ mod transport;
 
 pub use actor::{RunScheduler, SchedulerConfig, SchedulerError};
 pub use report::{FirstError, RunReport, RunSnapshot, TaskReport};
-pub use transport::{ReplayedOutcomes, SchedulerTransport, TransportError};
+pub use transport::{ReplayMode, ReplayedOutcomes, SchedulerTransport, TransportError};

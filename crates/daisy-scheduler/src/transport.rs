@@ -20,6 +20,26 @@ pub struct TransportError {
 pub struct ReplayedOutcomes {
     /// Every recorded event, oldest first.
     pub events: Vec<Event>,
+    /// How to read them.
+    pub mode: ReplayMode,
+    /// Blocks (task id, dense index) held by workers right now: dispatched
+    /// by an earlier leader, still in the block stream. They are neither
+    /// dispatched again nor counted as ready.
+    pub in_flight: Vec<(String, u64)>,
+}
+
+/// How recorded outcomes count when a scheduler starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ReplayMode {
+    /// A new session of a stopped run (`daisy run` again): blocks that
+    /// succeeded are skipped (counted as skipped); failed and orphaned
+    /// blocks are run again with fresh retries.
+    #[default]
+    Resume,
+    /// The same run goes on under a new leader: every recorded outcome
+    /// counts as it did (successes as completed, failed attempts towards
+    /// retries).
+    Continue,
 }
 
 /// The scheduler's side of a transport.

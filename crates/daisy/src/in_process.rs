@@ -191,7 +191,7 @@ impl InProcessRun {
             pipeline.clone(),
             transport,
             options.scheduler,
-            ReplayedOutcomes { events },
+            ReplayedOutcomes { events, ..ReplayedOutcomes::default() },
         );
         Ok(Self { pipeline, scheduler, workers, resumed_blocks })
     }
