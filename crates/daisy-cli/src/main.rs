@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 mod input;
+mod processes;
+mod progress;
 mod rss;
+mod summary;
+mod telemetry;
 
 use input::BadInput;
 
@@ -19,8 +23,10 @@ Examples:
   daisy plan pipeline.toml                 how many blocks, levels and root blocks per task
   daisy plan pipeline.toml --json --blocks every block: id, level, ROIs, upstream blocks
   daisy plan pipeline.toml --simulate      dry run of the real scheduler with instant blocks
+  daisy run pipeline.toml                  process every block: progress, summary, resume
+  daisy run pipeline.toml --json           ...with the final report as JSON on stdout
 
-Exit codes: 0 all blocks done, 1 some blocks failed, 2 bad input.
+Exit codes: 0 all blocks done, 1 some blocks failed (or the run was interrupted), 2 bad input.
 The pipeline file format is described in the README (\"The pipeline file\").";
 
 /// Plan and run blockwise pipelines over huge nD volumes (a Rust Daisy).
@@ -29,17 +35,23 @@ The pipeline file format is described in the README (\"The pipeline file\").";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log lines on stderr: -v info, -vv debug (beats RUST_LOG).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     Plan(commands::plan::PlanArgs),
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let logs = telemetry::init(cli.verbose);
     let result = match cli.command {
         Command::Plan(args) => commands::plan::run(args),
+        Command::Run(args) => commands::run::run(args, logs),
     };
     match result {
         Ok(code) => code,

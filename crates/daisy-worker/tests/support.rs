@@ -15,7 +15,13 @@ pub const QUICK: Duration = Duration::from_secs(10);
 pub const TASK: &str = "smooth";
 
 pub fn slot(dir: &TempDir, worker_id: u32) -> SlotConfig {
-    SlotConfig { task_id: TASK.to_owned(), worker_id, log_dir: dir.path().join("logs") }
+    SlotConfig {
+        task_id: TASK.to_owned(),
+        worker_id,
+        log_dir: dir.path().join("logs"),
+        env: Vec::new(),
+        current_dir: None,
+    }
 }
 
 pub fn block(block_id: u64) -> BlockLine {

@@ -1,3 +1,4 @@
 //! One module per `daisy` subcommand.
 
 pub mod plan;
+pub mod run;

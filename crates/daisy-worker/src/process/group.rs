@@ -20,6 +20,10 @@ pub(super) fn base_command(command_line: &CommandLine, slot: &SlotConfig) -> Com
     if std::env::var_os("PYTHONUNBUFFERED").is_none() {
         command.env("PYTHONUNBUFFERED", OsStr::new("1"));
     }
+    command.envs(slot.env.iter().map(|(key, value)| (key, value)));
+    if let Some(dir) = &slot.current_dir {
+        command.current_dir(dir);
+    }
     command
 }
 

@@ -28,7 +28,8 @@
 //! `DAISY_LOG_DIR` (the base log dir), `PYTHONUNBUFFERED=1` unless already set (so output
 //! of a child that is killed on timeout is not lost in a buffer). Worker children also get
 //! `DAISY_STDOUT_LOG` (path of the slot's `.out` log, where `daisy_worker.py` sends user
-//! prints); command and check children get `DAISY_BLOCK` and `DAISY_BLOCK_ID`.
+//! prints); command and check children get `DAISY_BLOCK` and `DAISY_BLOCK_ID`. The slot's
+//! [`SlotConfig::env`] comes on top, and children start in [`SlotConfig::current_dir`].
 //!
 //! # Invariants
 //!
@@ -215,6 +216,12 @@ pub struct SlotConfig {
     /// Base log dir (`DAISY_LOG_DIR`); logs go to `<log_dir>/<task>/worker_<n>.out|.err`,
     /// created on first use. Give an absolute path if children change directory.
     pub log_dir: PathBuf,
+    /// Extra environment variables of every child (e.g. a `PYTHONPATH` that makes
+    /// `import daisy_worker` work), set after the `DAISY_*` ones.
+    pub env: Vec<(String, String)>,
+    /// Working directory of the children; `None` inherits the caller's. A relative program
+    /// path is then best given absolute, since its resolution depends on the platform.
+    pub current_dir: Option<PathBuf>,
 }
 
 impl SlotConfig {

@@ -1,0 +1,74 @@
+//! `daisy run --in-process`: the scheduler and one worker slot per
+//! `max_workers` of each task in this process, outcomes recorded in the
+//! journal `<state-dir>/<run-id>/journal`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use daisy::in_process::{InProcessRun, RunError, RunOptions};
+use daisy::journal::JournalError;
+use daisy_core::TaskIndex;
+use daisy_scheduler::{RunReport, RunSnapshot, SchedulerConfig};
+use daisy_worker::runner::BlockProcessor;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::RunContext;
+use crate::input::BadInput;
+
+/// Milliseconds since the epoch, for the timestamps in the journal.
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A run whose journal is open and locked.
+pub(super) struct Prepared {
+    run: InProcessRun,
+}
+
+/// Opens the journal: a run in use or a changed layout is refused here,
+/// before anything starts.
+pub(super) fn prepare(context: &RunContext) -> anyhow::Result<Prepared> {
+    let options = RunOptions {
+        run_dir: Some(context.run_dir.clone()),
+        fresh: context.fresh,
+        scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+    };
+    let run =
+        InProcessRun::prepare(context.pipeline.clone(), options).map_err(|err| match err {
+            RunError::Journal(
+                err @ (JournalError::Locked { .. } | JournalError::LayoutChanged { .. }),
+            ) => anyhow::Error::new(BadInput(err.to_string())),
+            RunError::Journal(err @ JournalError::Io { .. }) => anyhow::Error::new(BadInput(
+                format!("{err}; check that --state-dir is a writable directory"),
+            )),
+            other => anyhow::Error::new(other),
+        })?;
+    Ok(Prepared { run })
+}
+
+impl Prepared {
+    /// Blocks an earlier session recorded as done.
+    pub(super) fn resumed_blocks(&self) -> u64 {
+        self.run.resumed_blocks()
+    }
+
+    /// Live snapshots for the progress display.
+    pub(super) fn subscribe(&self) -> watch::Receiver<RunSnapshot> {
+        self.run.subscribe()
+    }
+
+    /// Runs every block until done or cancelled.
+    pub(super) async fn run(
+        self,
+        context: &RunContext,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<RunReport> {
+        // The factory must be 'static (slots may outlive a borrow), so it owns copies.
+        let processes = context.processes.clone();
+        let children = context.children.clone();
+        let factory = move |task: TaskIndex, slot: u32| -> Box<dyn BlockProcessor> {
+            Box::new(processes[task.get()].processor(slot, &children))
+        };
+        Ok(self.run.run(&factory, cancel).await?)
+    }
+}
