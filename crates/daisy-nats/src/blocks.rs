@@ -144,6 +144,17 @@ pub enum BlockMessageError {
     },
 }
 
+/// The state of a stream could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("could not read the state of stream {stream}")]
+pub struct StreamInfoError {
+    /// The stream.
+    pub stream: String,
+    /// What JetStream said.
+    #[source]
+    pub source: async_nats::jetstream::context::RequestError,
+}
+
 /// A task's durable pull consumer on the run's block stream. Cheap to clone; clones share the
 /// undecodable counter.
 #[derive(Debug, Clone)]
@@ -421,13 +432,17 @@ impl RunStreams {
         }
     }
 
-    /// How many block messages the stream holds (queued, in flight, termed or dead).
+    /// How many block messages the stream holds (queued, in flight, or dead and not yet
+    /// deleted).
     ///
     /// # Errors
-    /// The stream info request failed.
-    pub async fn block_message_count(
-        &self,
-    ) -> Result<u64, async_nats::jetstream::context::RequestError> {
-        Ok(self.blocks.get_info().await?.state.messages)
+    /// [`StreamInfoError`] if the stream info request failed.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run), err)]
+    pub async fn block_message_count(&self) -> Result<u64, StreamInfoError> {
+        let info = self.blocks.get_info().await.map_err(|source| StreamInfoError {
+            stream: subjects::block_stream(&self.run),
+            source,
+        })?;
+        Ok(info.state.messages)
     }
 }

@@ -104,6 +104,11 @@ pub enum ConnectError {
     },
 }
 
+/// The connection could not be flushed (it is gone).
+#[derive(Debug, thiserror::Error)]
+#[error("could not flush the nats connection")]
+pub struct FlushError(#[source] pub async_nats::client::FlushError);
+
 /// A connection to NATS with its JetStream context; cheap to clone (both are handles to one
 /// connection task).
 #[derive(Debug, Clone)]
@@ -126,8 +131,8 @@ impl Nats {
     ///
     /// # Errors
     /// The connection is gone.
-    pub async fn flush(&self) -> Result<(), async_nats::client::FlushError> {
-        self.client.flush().await
+    pub async fn flush(&self) -> Result<(), FlushError> {
+        self.client.flush().await.map_err(FlushError)
     }
 }
 

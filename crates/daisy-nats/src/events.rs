@@ -93,7 +93,8 @@ impl std::fmt::Debug for EventReplay {
 
 impl EventReplay {
     /// The last stream sequence when the replay started; every event up to it was written
-    /// before the replay began. 0 if the stream was empty (nothing to catch up on).
+    /// before the replay began, so the replay has caught up once it yielded this sequence.
+    /// Nothing to catch up on if it is 0 (empty stream) or below the start sequence.
     pub fn caught_up_at(&self) -> u64 {
         self.caught_up_at
     }

@@ -118,7 +118,12 @@ impl Lease {
     ///
     /// # Errors
     /// [`AcquireError::Held`] if someone holds it; [`AcquireError::Kv`] if the bucket failed.
-    #[instrument(level = "debug", skip_all, fields(run = %streams.run, holder = %holder.id), err)]
+    #[instrument(
+        level = "debug",
+        skip_all,
+        fields(run = %streams.run, holder = %holder.id),
+        err(level = "debug")
+    )]
     pub async fn try_acquire(
         streams: &RunStreams,
         holder: LeaseHolder,
@@ -142,7 +147,7 @@ impl Lease {
     ///
     /// # Errors
     /// [`LeaseLost`] if the lease expired or another holder took it: stop acting at once.
-    #[instrument(level = "debug", skip_all, fields(epoch = self.epoch), err)]
+    #[instrument(level = "debug", skip_all, fields(epoch = self.epoch), err(level = "debug"))]
     pub async fn renew(&mut self) -> Result<(), LeaseLost> {
         let value = encode_holder(&self.holder);
         match self.store.update(subjects::LEADER_KEY, value.into(), self.revision).await {
@@ -187,7 +192,7 @@ impl Lease {
 ///
 /// # Errors
 /// [`HolderError`] if the bucket cannot be read or holds something else.
-#[instrument(level = "debug", skip_all, fields(run = %streams.run), err)]
+#[instrument(level = "debug", skip_all, fields(run = %streams.run), err(level = "debug"))]
 pub async fn current_holder(streams: &RunStreams) -> Result<Option<LeaseRecord>, HolderError> {
     let Some(entry) = streams.lease.entry(subjects::LEADER_KEY).await.map_err(HolderError::Kv)?
     else {

@@ -67,9 +67,9 @@ pub mod server;
 pub use async_nats::HeaderMap;
 pub use blocks::{
     AckError, BlockAcker, BlockConsumer, BlockMessage, BlockMessageError, ConsumerError,
-    ConsumerSettings, ReceivedDispatch,
+    ConsumerSettings, ReceivedDispatch, StreamInfoError,
 };
-pub use connect::{ConnectError, ConnectOptions, Nats, connect};
+pub use connect::{ConnectError, ConnectOptions, FlushError, Nats, connect};
 pub use dlq::{DeadLetter, DeadLetters};
 pub use events::{EventReplay, ReplayError, ReplayedEvent};
 pub use lease::{

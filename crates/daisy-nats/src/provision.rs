@@ -218,7 +218,7 @@ impl Nats {
     ///
     /// # Errors
     /// [`ProvisionError::OpenStream`] or [`ProvisionError::OpenBucket`] if one is missing.
-    #[instrument(level = "debug", skip_all, fields(%run), err)]
+    #[instrument(level = "debug", skip_all, fields(%run), err(level = "debug"))]
     pub async fn open_run(&self, run: &RunId) -> Result<RunStreams, ProvisionError> {
         let open_stream = |name: String| async move {
             self.jetstream
