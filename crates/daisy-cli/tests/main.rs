@@ -1,4 +1,5 @@
 //! Tests of the `daisy` binaries, run as a user runs them.
 
 mod plan;
+mod run;
 mod util;

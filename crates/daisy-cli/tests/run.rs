@@ -1,0 +1,498 @@
+//! `daisy run`: real pipelines through the real binary, with user processes
+//! in Python and sh, failures, crashes, timeouts, resume and Ctrl-C.
+//!
+//! Every test has its own directory holding the pipeline file, its scripts,
+//! the state dir and the log dir; scripts append `task block_id attempt`
+//! to the file named by `$ATTEMPTS` when an attempt starts, which is what
+//! "every block ran once" is counted from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use daisy_proto::{Event, OutcomeKind};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::util::{daisy, describe, run};
+
+/// A Python worker built on daisy_worker.py, driven by env vars:
+/// `FAIL=task:id,..` raises for those blocks, `CRASH=task:id,..` exits the
+/// process on a block's first attempt, `SLEEP=s` sleeps per block and
+/// `SLOW=task:id=s,..` sleeps longer for some blocks.
+const WORKER_PY: &str = r#"
+import os, time
+import daisy_worker
+
+def listed(name, task, bid):
+    return f"{task}:{bid}" in os.environ.get(name, "").split(",")
+
+def process(block):
+    task, bid = block.block_id
+    with open(os.environ["ATTEMPTS"], "a") as f:
+        f.write(f"{task} {bid} {block.attempt}\n")
+    print(f"processing {task} {bid}")
+    time.sleep(float(os.environ.get("SLEEP", "0")))
+    for entry in os.environ.get("SLOW", "").split(","):
+        if entry.startswith(f"{task}:{bid}="):
+            time.sleep(float(entry.split("=")[1]))
+    if listed("CRASH", task, bid) and block.attempt == 1:
+        os._exit(3)
+    if listed("FAIL", task, bid):
+        raise ValueError(f"block {bid} is cursed")
+
+if __name__ == "__main__":
+    daisy_worker.serve(process)
+"#;
+
+/// A worker without the helper that answers every block after writing
+/// lines that are not protocol replies to stdout.
+const GARBAGE_PY: &str = r#"
+import json, os, sys
+for line in sys.stdin:
+    block = json.loads(line)
+    with open(os.environ["ATTEMPTS"], "a") as f:
+        f.write(f"{block['task']} {block['block_id']} {block['attempt']}\n")
+    print("garbage {not json", flush=True)
+    print(json.dumps({"hello": "world"}), flush=True)
+    print(json.dumps({"block_id": block["block_id"], "status": "success"}), flush=True)
+"#;
+
+/// A one-process-per-block command: records the attempt from `$DAISY_BLOCK`.
+const BLOCK_SH: &str = r#"#!/bin/sh
+attempt=$(printf '%s' "$DAISY_BLOCK" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
+echo "$DAISY_TASK_ID $DAISY_BLOCK_ID $attempt" >> "$ATTEMPTS"
+"#;
+
+/// A check: blocks with even ids are already done.
+const EVEN_DONE_SH: &str = r#"
+test $((DAISY_BLOCK_ID % 2)) -eq 0
+"#;
+
+/// A 1-D task of `blocks` blocks of 10 without context, so block ids equal
+/// grid indices; `extra` adds keys.
+fn task(id: &str, blocks: u64, extra: &str) -> String {
+    format!(
+        "[[task]]\nid = \"{id}\"\ntotal_roi = {{ offset = [0], shape = [{}] }}\n\
+         read_roi = {{ offset = [0], shape = [10] }}\nwrite_roi = {{ offset = [0], shape = [10] }}\n\
+         read_write_conflict = false\n{extra}\n",
+        blocks * 10
+    )
+}
+
+/// A test's directory: pipeline, scripts, state, logs and the attempts file.
+struct Project {
+    dir: TempDir,
+}
+
+impl Project {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file into the project's `pipelines/` dir (executable).
+    fn write(&self, name: &str, text: &str) {
+        let path = self.path("pipelines").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn pipeline(&self, tasks: &[String]) {
+        self.write("pipeline.toml", &tasks.concat());
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.path("state").join("pipeline")
+    }
+
+    /// `daisy run` on the pipeline, started from another directory than the
+    /// pipeline's, with state and logs in the project.
+    fn daisy_run(&self, args: &[&str]) -> Command {
+        let mut command = daisy();
+        command
+            .arg("run")
+            .arg(self.path("pipelines").join("pipeline.toml"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--log-dir")
+            .arg(self.path("logs"))
+            .args(args)
+            .env("ATTEMPTS", self.path("attempts"))
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// Attempt lines per (task, block id).
+    fn attempts(&self) -> BTreeMap<(String, u64), Vec<u32>> {
+        let text = std::fs::read_to_string(self.path("attempts")).unwrap_or_default();
+        let mut attempts: BTreeMap<(String, u64), Vec<u32>> = BTreeMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 3, "attempt line {line:?}");
+            attempts
+                .entry((fields[0].to_owned(), fields[1].parse().unwrap()))
+                .or_default()
+                .push(fields[2].parse().unwrap());
+        }
+        attempts
+    }
+
+    fn attempt_lines(&self) -> usize {
+        std::fs::read_to_string(self.path("attempts")).unwrap_or_default().lines().count()
+    }
+
+    /// Blocks (task, index) the journal records as succeeded or skipped.
+    fn journal_done(&self) -> BTreeSet<(String, u64)> {
+        let Ok(events) = daisy::journal::read_journal(&self.run_dir()) else {
+            return BTreeSet::new();
+        };
+        let mut done = BTreeSet::new();
+        for event in events {
+            if let Event::Outcomes(report) = event {
+                for result in report.results {
+                    if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
+                        done.insert((report.task.clone(), result.index));
+                    }
+                }
+            }
+        }
+        done
+    }
+}
+
+/// A started `daisy run`, killed if the test fails before it ends.
+struct Running(Option<Child>);
+
+impl Running {
+    fn start(command: &mut Command) -> Self {
+        Self(Some(command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()))
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.0.as_ref().expect("still running").id();
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+        assert!(status.unwrap().success(), "kill -{name}");
+    }
+
+    fn wait(mut self) -> Output {
+        self.0.take().expect("still running").wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("--json output: {err}\n{}", describe(output)))
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Counters of a task in the `--json` report.
+fn counts(report: &Value, task: &str) -> [u64; 5] {
+    let task = report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == task).unwrap();
+    ["blocks", "completed", "skipped", "failed", "orphaned"].map(|key| task[key].as_u64().unwrap())
+}
+
+fn task_json<'a>(report: &'a Value, task: &str) -> &'a Value {
+    report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == task).unwrap()
+}
+
+#[test]
+fn python_workers_process_every_block_once_and_a_second_run_skips_them_all() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    project.pipeline(&[
+        task("up", 8, "max_workers = 2\nworker = [\"python3\", \"worker.py\"]"),
+        task(
+            "down",
+            8,
+            "max_workers = 2\nupstream = [\"up\"]\nworker = [\"python3\", \"worker.py\"]",
+        ),
+    ]);
+    let output = run(&mut project.daisy_run(&[]));
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let attempts = project.attempts();
+    assert_eq!(attempts.len(), 16);
+    assert!(attempts.values().all(|a| a == &[1]), "{attempts:?}");
+    let text = stdout(&output);
+    assert!(text.contains("all 16 blocks processed successfully"), "{text}");
+    // The helper came from the state dir, and user prints went to the logs.
+    assert!(project.path("state/python/daisy_worker.py").is_file());
+    let out_log = std::fs::read_to_string(project.path("logs/up/worker_0.out")).unwrap()
+        + &std::fs::read_to_string(project.path("logs/up/worker_1.out")).unwrap_or_default();
+    assert!(out_log.contains("processing up"), "{out_log}");
+    assert!(stderr(&output).contains("new run"), "{}", describe(&output));
+
+    // Daisy #62: a run where every block is skipped still has a summary.
+    let again = run(&mut project.daisy_run(&["--json"]));
+    assert_eq!(again.status.code(), Some(0), "{}", describe(&again));
+    let report = json(&again);
+    assert_eq!(counts(&report, "up"), [8, 8, 8, 0, 0]);
+    assert_eq!(counts(&report, "down"), [8, 8, 8, 0, 0]);
+    assert_eq!(report["all_succeeded"], true);
+    assert_eq!(project.attempt_lines(), 16, "no block ran again");
+    assert!(stderr(&again).contains("resuming: 16 blocks"), "{}", describe(&again));
+}
+
+#[test]
+fn commands_run_once_per_block_and_checked_blocks_are_skipped() {
+    let project = Project::new();
+    project.write("bin/block.sh", BLOCK_SH);
+    project.write("even_done.sh", EVEN_DONE_SH);
+    project.pipeline(&[task(
+        "cmd",
+        10,
+        "max_workers = 2\ncommand = [\"./bin/block.sh\"]\ncheck = [\"sh\", \"even_done.sh\"]",
+    )]);
+    let output = run(&mut project.daisy_run(&["--json"]));
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let report = json(&output);
+    assert_eq!(counts(&report, "cmd"), [10, 10, 5, 0, 0]);
+    let attempts = project.attempts();
+    let ran: Vec<u64> = attempts.keys().map(|(_, id)| *id).collect();
+    assert_eq!(ran, [1, 3, 5, 7, 9]);
+    assert!(attempts.values().all(|a| a == &[1]), "{attempts:?}");
+}
+
+#[test]
+fn a_block_that_always_fails_is_failed_its_downstream_orphaned_and_the_rest_done() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    let worker = "worker = [\"python3\", \"worker.py\"]";
+    project.pipeline(&[
+        task("up", 10, &format!("max_workers = 2\nmax_retries = 2\n{worker}")),
+        task("down", 10, &format!("upstream = [\"up\"]\n{worker}")),
+        task("other", 5, worker),
+    ]);
+    let output = run(project.daisy_run(&["--json"]).env("FAIL", "up:3"));
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let report = json(&output);
+    assert_eq!(counts(&report, "up"), [10, 9, 0, 1, 0]);
+    assert_eq!(counts(&report, "down"), [10, 9, 0, 0, 1]);
+    assert_eq!(counts(&report, "other"), [5, 5, 0, 0, 0]);
+    assert_eq!(report["all_succeeded"], false);
+    let up = task_json(&report, "up");
+    assert_eq!(up["failed_attempts"], 3);
+    let first = &up["first_error"];
+    assert_eq!(first["block_id"], 3);
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(first["kind"], "failed");
+    assert!(first["message"].as_str().unwrap().contains("ValueError: block 3 is cursed"));
+    let log = PathBuf::from(first["log"].as_str().unwrap());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("cursed"), "{}", log.display());
+    assert_eq!(task_json(&report, "down")["first_error"], Value::Null);
+    let attempts = project.attempts();
+    assert_eq!(attempts[&("up".to_owned(), 3)], [1, 2, 3]);
+    assert!(!attempts.contains_key(&("down".to_owned(), 3)), "the orphan never ran");
+    assert_eq!(attempts.len(), 10 + 9 + 5);
+}
+
+#[test]
+fn a_worker_that_crashes_mid_block_is_restarted_and_the_run_completes() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    project.pipeline(&[task(
+        "crashy",
+        6,
+        "max_workers = 2\nworker = [\"python3\", \"worker.py\"]",
+    )]);
+    let output = run(project.daisy_run(&["--json"]).env("CRASH", "crashy:1,crashy:4"));
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let report = json(&output);
+    assert_eq!(counts(&report, "crashy"), [6, 6, 0, 0, 0]);
+    let crashy = task_json(&report, "crashy");
+    assert_eq!(crashy["failed_attempts"], 2);
+    assert_eq!(crashy["first_error"]["kind"], "process_died");
+    assert!(crashy["worker_restarts"].as_u64().unwrap() >= 1, "{crashy}");
+    let attempts = project.attempts();
+    assert_eq!(attempts[&("crashy".to_owned(), 1)], [1, 2]);
+    assert_eq!(attempts[&("crashy".to_owned(), 4)], [1, 2]);
+}
+
+#[test]
+fn garbage_on_a_workers_stdout_is_logged_and_the_run_completes() {
+    let project = Project::new();
+    project.write("garbage.py", GARBAGE_PY);
+    project.pipeline(&[task("noisy", 4, "worker = [\"python3\", \"garbage.py\"]")]);
+    let output = run(&mut project.daisy_run(&["--json"]));
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(counts(&json(&output), "noisy"), [4, 4, 0, 0, 0]);
+    assert!(project.attempts().values().all(|a| a == &[1]));
+    let out_log = std::fs::read_to_string(project.path("logs/noisy/worker_0.out")).unwrap();
+    assert!(out_log.contains("garbage {not json"), "{out_log}");
+}
+
+#[test]
+fn a_block_over_its_timeout_is_failed_as_a_timeout_with_a_hint() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    // A block's timeout also covers starting its worker process: 1s is too
+    // tight for Python on a loaded 2-core machine.
+    project.pipeline(&[task(
+        "slow",
+        3,
+        "max_retries = 0\ntimeout = \"2s\"\nworker = [\"python3\", \"worker.py\"]",
+    )]);
+    let output = run(project.daisy_run(&[]).env("SLOW", "slow:1=30"));
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let text = stdout(&output);
+    let row: Vec<&str> =
+        text.lines().find(|l| l.contains(" slow ")).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["✗", "slow", "3", "2", "0", "1", "0"], "{text}");
+    assert!(text.contains("block 1 (attempt 1, timeout"), "{text}");
+    assert!(
+        text.contains("1 block attempt(s) of task 'slow' exceeded the block timeout (2s)"),
+        "{text}"
+    );
+    assert!(text.contains("timeout = \"4s\""), "{text}");
+    assert!(text.contains("logs/slow/worker_0.err"), "{text}");
+    assert!(text.contains("2 of 3 completed; 1 block failed"), "{text}");
+}
+
+#[test]
+fn a_run_killed_mid_pipeline_resumes_without_running_succeeded_blocks_again() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    let worker = "max_workers = 2\nworker = [\"python3\", \"worker.py\"]";
+    project.pipeline(&[
+        task("first", 100, worker),
+        task("second", 100, &format!("upstream = [\"first\"]\n{worker}")),
+    ]);
+    let running = Running::start(project.daisy_run(&["--no-progress"]).env("SLEEP", "0.01"));
+    wait_until("20 blocks recorded in the journal", Duration::from_secs(20), || {
+        project.journal_done().len() >= 20
+    });
+    running.signal("KILL");
+    let killed = running.wait();
+    assert_eq!(killed.status.code(), None, "killed by a signal: {}", describe(&killed));
+    let recorded = project.journal_done();
+    assert!(recorded.len() < 200, "the run was killed before it finished");
+
+    let output = run(project.daisy_run(&["--json"]).env("SLEEP", "0.01"));
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let report = json(&output);
+    assert_eq!(counts(&report, "first")[..2], [100, 100]);
+    assert_eq!(counts(&report, "second")[..2], [100, 100]);
+    let skipped = counts(&report, "first")[2] + counts(&report, "second")[2];
+    assert_eq!(skipped, recorded.len() as u64, "every recorded block was skipped");
+    let attempts = project.attempts();
+    assert_eq!(attempts.len(), 200, "every block ran");
+    for block in &recorded {
+        assert_eq!(attempts[block].len(), 1, "{block:?} succeeded before the kill and ran again");
+    }
+}
+
+#[test]
+fn a_changed_layout_is_refused_until_fresh_starts_over() {
+    let project = Project::new();
+    project.write("bin/block.sh", BLOCK_SH);
+    project.pipeline(&[task("t", 4, "command = [\"./bin/block.sh\"]")]);
+    let first = run(&mut project.daisy_run(&[]));
+    assert_eq!(first.status.code(), Some(0), "{}", describe(&first));
+
+    project.pipeline(&[task("t", 5, "command = [\"./bin/block.sh\"]")]);
+    let refused = run(&mut project.daisy_run(&[]));
+    assert_eq!(refused.status.code(), Some(2), "{}", describe(&refused));
+    let message = stderr(&refused);
+    assert!(message.contains("block layout changed"), "{message}");
+    assert!(message.contains("--fresh"), "{message}");
+    assert_eq!(project.attempt_lines(), 4, "nothing ran");
+
+    let fresh = run(&mut project.daisy_run(&["--fresh", "--json"]));
+    assert_eq!(fresh.status.code(), Some(0), "{}", describe(&fresh));
+    assert_eq!(counts(&json(&fresh), "t"), [5, 5, 0, 0, 0]);
+    assert_eq!(project.attempt_lines(), 4 + 5, "--fresh ran every block again");
+}
+
+#[test]
+fn ctrl_c_stops_the_run_resumably_and_a_second_run_in_parallel_is_refused() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    project.pipeline(&[task("t", 40, "max_workers = 2\nworker = [\"python3\", \"worker.py\"]")]);
+    let running = Running::start(project.daisy_run(&[]).env("SLEEP", "0.2"));
+    wait_until("blocks to start", Duration::from_secs(20), || project.attempt_lines() >= 2);
+
+    let parallel = run(project.daisy_run(&[]).env("SLEEP", "0.2"));
+    assert_eq!(parallel.status.code(), Some(2), "{}", describe(&parallel));
+    assert!(stderr(&parallel).contains("in use by another daisy run"), "{}", describe(&parallel));
+
+    running.signal("INT");
+    let interrupted = running.wait();
+    assert_eq!(interrupted.status.code(), Some(1), "{}", describe(&interrupted));
+    let text = stdout(&interrupted);
+    assert!(text.contains("interrupted with"), "{text}");
+    assert!(text.contains("… t"), "{text}");
+    assert!(stderr(&interrupted).contains("daisy: interrupted"), "{}", describe(&interrupted));
+    let recorded = project.journal_done();
+    assert!(!recorded.is_empty() && recorded.len() < 40, "{} recorded", recorded.len());
+
+    let resumed = run(&mut project.daisy_run(&["--json"]));
+    assert_eq!(resumed.status.code(), Some(0), "{}", describe(&resumed));
+    assert_eq!(counts(&json(&resumed), "t")[..3], [40, 40, recorded.len() as u64]);
+    let attempts = project.attempts();
+    assert_eq!(attempts.len(), 40);
+    for block in &recorded {
+        assert_eq!(attempts[block].len(), 1, "{block:?} ran again after the resume");
+    }
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_place_and_the_fix() {
+    let project = Project::new();
+    let missing = run(&mut project.daisy_run(&[]));
+    assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
+    assert!(stderr(&missing).contains("cannot read pipeline file"), "{}", describe(&missing));
+
+    let valid = task("t", 2, "command = [\"true\"]");
+    project.write("pipeline.toml", &format!("{valid}max_worker = 3\n"));
+    let typo = run(&mut project.daisy_run(&[]));
+    assert_eq!(typo.status.code(), Some(2), "{}", describe(&typo));
+    let message = stderr(&typo);
+    let place = format!("pipeline.toml:{}:1", valid.lines().count() + 1);
+    assert!(message.contains(&place) && message.contains("max_worker"), "{place}: {message}");
+
+    project.pipeline(&[task("t", 2, "command = [\"true\"]")]);
+    let bad_id = run(&mut project.daisy_run(&["--run-id", "no spaces"]));
+    assert_eq!(bad_id.status.code(), Some(2), "{}", describe(&bad_id));
+    assert!(stderr(&bad_id).contains("--run-id"), "{}", describe(&bad_id));
+}
+
+#[test]
+fn help_teaches_by_example_with_exit_codes() {
+    let output = run(daisy().args(["run", "--help"]));
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for expected in ["daisy run pipeline.toml --fresh", "Exit codes", "pipeline file's directory"] {
+        assert!(help.contains(expected), "{expected}: {help}");
+    }
+}
