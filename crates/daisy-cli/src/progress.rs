@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use daisy_core::TaskCounters;
 use daisy_scheduler::{RunSnapshot, TaskReport};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -106,9 +106,12 @@ impl Progress {
         let bars = (mode == ProgressMode::Bars).then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
             let style = ProgressStyle::with_template(
-                "{prefix} {bar:30} {pos}/{len} blocks {per_sec:.dim} eta {eta} {msg}",
+                "{prefix} {bar:30} {pos}/{len} blocks {rate:.dim} eta {eta} {msg}",
             )
             .expect("the progress template is valid")
+            .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.1}/s", state.per_sec());
+            })
             .progress_chars("█▉▊▋▌▍▎▏ ");
             let bars = tasks
                 .iter()

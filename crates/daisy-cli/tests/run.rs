@@ -176,6 +176,21 @@ impl Running {
         Self(Some(command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()))
     }
 
+    /// Collects stderr as it comes, for waiting on a line.
+    fn stderr_reader(&mut self) -> std::sync::Arc<std::sync::Mutex<String>> {
+        use std::io::Read;
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = self.0.as_mut().unwrap().stderr.take().unwrap();
+        let sink = text.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        text
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.0.as_ref().expect("still running").id();
         let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
@@ -464,6 +479,25 @@ fn ctrl_c_stops_the_run_resumably_and_a_second_run_in_parallel_is_refused() {
     for block in &recorded {
         assert_eq!(attempts[block].len(), 1, "{block:?} ran again after the resume");
     }
+}
+
+#[test]
+fn a_second_ctrl_c_quits_at_once_with_130_while_a_block_is_in_flight() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    project.pipeline(&[task("t", 2, "worker = [\"python3\", \"worker.py\"]")]);
+    let mut running = Running::start(project.daisy_run(&[]).env("SLOW", "t:0=5"));
+    let stderr = running.stderr_reader();
+    wait_until("the slow block to start", Duration::from_secs(20), || project.attempt_lines() >= 1);
+    running.signal("INT");
+    wait_until("the interrupt note", Duration::from_secs(10), || {
+        stderr.lock().unwrap().contains("daisy: interrupted")
+    });
+    running.signal("INT");
+    let started = Instant::now();
+    let output = running.wait();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr.lock().unwrap());
+    assert!(started.elapsed() < Duration::from_secs(4), "quit without waiting for the block");
 }
 
 #[test]
