@@ -182,7 +182,7 @@ pub fn write_text(
             } else {
                 writeln!(
                     out,
-                    "task '{}': {} attempt(s) failed and were retried; the first error:",
+                    "task '{}': {} failed attempt(s); the first error:",
                     task.id, task.failed_attempts
                 )?;
             }

@@ -20,7 +20,8 @@ use crate::util::{daisy, describe, run};
 
 /// A Python worker built on daisy_worker.py, driven by env vars:
 /// `FAIL=task:id,..` raises for those blocks, `CRASH=task:id,..` exits the
-/// process on a block's first attempt, `SLEEP=s` sleeps per block and
+/// process on a block's first attempt (`CRASH_ALWAYS=1`: on every block),
+/// `SLEEP=s` sleeps per block and
 /// `SLOW=task:id=s,..` sleeps longer for some blocks.
 const WORKER_PY: &str = r#"
 import os, time
@@ -38,7 +39,7 @@ def process(block):
     for entry in os.environ.get("SLOW", "").split(","):
         if entry.startswith(f"{task}:{bid}="):
             time.sleep(float(entry.split("=")[1]))
-    if listed("CRASH", task, bid) and block.attempt == 1:
+    if listed("CRASH", task, bid) and block.attempt == 1 or os.environ.get("CRASH_ALWAYS"):
         os._exit(3)
     if listed("FAIL", task, bid):
         raise ValueError(f"block {bid} is cursed")
@@ -352,6 +353,31 @@ fn a_worker_that_crashes_mid_block_is_restarted_and_the_run_completes() {
     let attempts = project.attempts();
     assert_eq!(attempts[&("crashy".to_owned(), 1)], [1, 2]);
     assert_eq!(attempts[&("crashy".to_owned(), 4)], [1, 2]);
+}
+
+#[test]
+fn a_task_whose_workers_keep_dying_is_abandoned_with_its_reason() {
+    let project = Project::new();
+    project.write("worker.py", WORKER_PY);
+    let worker = "worker = [\"python3\", \"worker.py\"]";
+    project.pipeline(&[
+        task("doomed", 6, &format!("max_retries = 10\nmax_worker_restarts = 1\n{worker}")),
+        task("after", 6, &format!("upstream = [\"doomed\"]\n{worker}")),
+    ]);
+    let output = run(project.daisy_run(&[]).env("CRASH_ALWAYS", "1"));
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let text = stdout(&output);
+    assert!(text.contains("task 'doomed' was abandoned:"), "{text}");
+    assert!(text.contains("max_worker_restarts = 1"), "{text}");
+    assert!(text.contains("process died"), "{text}");
+    let row = |id: &str| -> Vec<String> {
+        let line = text.lines().find(|l| l.split_whitespace().nth(1) == Some(id)).unwrap();
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    assert_eq!(row("after"), ["∅", "after", "6", "0", "0", "0", "6"], "{text}");
+    // Two restarts exceed the budget; a batch already queued for the slot
+    // may still run. Without a budget: 6 blocks x 11 attempts.
+    assert!(project.attempt_lines() <= 5, "restarts stopped at the budget");
 }
 
 #[test]

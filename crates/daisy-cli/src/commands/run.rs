@@ -249,14 +249,23 @@ async fn run_async(
     let run_over = CancellationToken::new();
     let interrupts = tokio::spawn(watch_interrupts(cancel.clone(), run_over.clone(), logs.clone()));
 
+    let last_snapshot = prepared.subscribe();
     let result = prepared.run(context, cancel).await;
     run_over.cancel();
     stop_progress.cancel();
     let mut progress = progress_task.await.context("the progress display panicked")?;
     interrupts.await.context("the signal handler panicked")?;
-    let report = result?;
-    progress.finish(&report);
-    Ok(report)
+    match result {
+        Ok(report) => {
+            progress.finish(&report);
+            Ok(report)
+        }
+        Err(err) => {
+            // Leave the bars at the last state seen, then report the error.
+            progress.finish(&last_snapshot.borrow().clone());
+            Err(err)
+        }
+    }
 }
 
 /// Cancels the run at the first SIGINT/SIGTERM and exits at the second.
