@@ -33,6 +33,7 @@ fn kind_name(kind: FailureKind) -> &'static str {
         FailureKind::ProcessDied => "process_died",
         FailureKind::SpawnFailed => "spawn_failed",
         FailureKind::Panicked => "panicked",
+        FailureKind::DeliveriesExhausted => "deliveries_exhausted",
     }
 }
 

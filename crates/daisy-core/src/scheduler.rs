@@ -93,6 +93,9 @@ pub enum Outcome {
     Skipped,
     /// The attempt failed; the block is retried while attempts remain.
     Failed,
+    /// The attempt failed and no other may follow (the transport gave up
+    /// redelivering the block): the block fails for good.
+    Exhausted,
 }
 
 /// A block handed out by [`Scheduler::acquire`].
@@ -381,13 +384,13 @@ impl Scheduler {
             Outcome::Success | Outcome::Skipped => {
                 Ok(Released::Completed { newly_ready: self.complete(key, outcome) })
             }
-            Outcome::Failed => {
+            Outcome::Failed | Outcome::Exhausted => {
                 state.processing.set(key.index.0 as usize, false);
                 state.counters.processing -= 1;
                 let failed_attempts = state.failed_attempts.entry(key.index).or_insert(0);
                 *failed_attempts += 1;
                 let failed_attempts = *failed_attempts;
-                if failed_attempts <= state.max_retries {
+                if outcome == Outcome::Failed && failed_attempts <= state.max_retries {
                     state.queued.insert(key.index.0 as usize);
                     state.queue.push_back(key.index);
                     state.counters.ready += 1;

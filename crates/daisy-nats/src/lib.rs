@@ -76,7 +76,7 @@ pub use lease::{
     AcquireError, HolderError, Lease, LeaseHolder, LeaseLost, LeaseRecord, ReleaseError,
     current_holder,
 };
-pub use meta::{DecodeValueError, MetaError, RunStatus, WorkerInfo};
+pub use meta::{DecodeValueError, MetaError, RunStatus, TaskStatus, WorkerInfo};
 pub use provision::{
     DUPLICATE_WINDOW, DeleteRunError, ListRunsError, ProvisionError, RunSettings, RunStreams,
 };

@@ -28,6 +28,38 @@ pub struct RunStatus {
     pub epoch: u64,
     /// Milliseconds since the Unix epoch when it was written, from the writer's clock.
     pub updated_unix_ms: u64,
+    /// Per-task counters, in topological order (written by the leader every second).
+    #[serde(default)]
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// One task's counters in a [`RunStatus`] (Daisy's names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// The task id.
+    pub id: String,
+    /// Blocks in the task.
+    pub total: u64,
+    /// Blocks ready to run.
+    pub ready: u64,
+    /// Blocks being processed.
+    pub processing: u64,
+    /// Blocks that succeeded or were skipped.
+    pub completed: u64,
+    /// Blocks skipped (a check or an earlier session said they were done).
+    pub skipped: u64,
+    /// Blocks that failed for good.
+    pub failed: u64,
+    /// Blocks never run because an upstream block failed.
+    pub orphaned: u64,
+    /// Blocks waiting for upstream blocks.
+    pub pending: u64,
+    /// The first failure: block id, kind and message.
+    #[serde(default)]
+    pub first_error: Option<String>,
+    /// Why the task was abandoned, if it was.
+    #[serde(default)]
+    pub abandoned: Option<String>,
 }
 
 /// What a worker says about itself in its liveness key.

@@ -16,7 +16,13 @@ async fn spec_and_status_round_trip() -> TestResult {
     let spec = "[[task]]\nid = \"smooth\"\n";
     f.streams.put_spec(spec).await?;
     assert_eq!(f.streams.get_spec().await?.as_deref(), Some(spec));
-    let status = RunStatus { finished: true, succeeded: false, epoch: 7, updated_unix_ms: 1 };
+    let status = RunStatus {
+        finished: true,
+        succeeded: false,
+        epoch: 7,
+        updated_unix_ms: 1,
+        tasks: Vec::new(),
+    };
     f.streams.put_status(&status).await?;
     assert_eq!(f.streams.get_status().await?, Some(status));
     // Another process opens the same run and sees it.

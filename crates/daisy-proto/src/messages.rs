@@ -104,6 +104,10 @@ pub enum FailureKind {
     SpawnFailed,
     /// The Rust process function panicked. A retry is safe.
     Panicked,
+    /// The workers holding the block kept vanishing (the message was
+    /// delivered `max_retries + 1` times without an outcome): the block
+    /// fails for good, a poison block.
+    DeliveriesExhausted,
 }
 
 impl FailureKind {
@@ -122,6 +126,7 @@ impl fmt::Display for FailureKind {
             FailureKind::ProcessDied => "process died",
             FailureKind::SpawnFailed => "spawn failed",
             FailureKind::Panicked => "panicked",
+            FailureKind::DeliveriesExhausted => "deliveries exhausted",
         })
     }
 }

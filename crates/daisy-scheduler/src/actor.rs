@@ -297,7 +297,11 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                             worker: report.worker.to_string(),
                         });
                     }
-                    Outcome::Failed
+                    if kind == FailureKind::DeliveriesExhausted {
+                        Outcome::Exhausted
+                    } else {
+                        Outcome::Failed
+                    }
                 }
             };
             match self.core.release(key, outcome) {
@@ -400,6 +404,9 @@ fn replay(pipeline: &Pipeline, core: &mut Scheduler, replayed: &ReplayedOutcomes
                     let outcome = match result.outcome {
                         OutcomeKind::Success => Outcome::Success,
                         OutcomeKind::Skipped => Outcome::Skipped,
+                        OutcomeKind::Failed { kind: FailureKind::DeliveriesExhausted } => {
+                            Outcome::Exhausted
+                        }
                         OutcomeKind::Failed { .. } => Outcome::Failed,
                     };
                     if core.apply_recorded(key, outcome).is_ok() {

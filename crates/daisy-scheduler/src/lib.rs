@@ -33,6 +33,7 @@
 
 mod actor;
 mod batch;
+pub mod nats;
 mod report;
 mod transport;
 

@@ -203,6 +203,11 @@ pub trait WorkerTransport: Send {
     fn heartbeat(&mut self) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// How often to heartbeat while a batch runs.
+    fn heartbeat_interval(&self) -> Duration {
+        HEARTBEAT_INTERVAL
+    }
 }
 
 /// How often a slot heartbeats while a batch runs.
@@ -270,7 +275,7 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                 let results = run_batch(&mut running, &blocks, &stop_flag);
                 (running, results)
             });
-            let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+            let mut heartbeat = tokio::time::interval(transport.heartbeat_interval());
             heartbeat.tick().await;
             let (returned, results) = loop {
                 tokio::select! {

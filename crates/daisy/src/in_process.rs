@@ -120,10 +120,11 @@ impl WorkerTransport for InProcessWorkerTransport {
     }
 
     async fn report(&mut self, report: OutcomeReport) -> Result<(), WorkerTransportError> {
-        self.reports.send(report).await.map_err(|_| WorkerTransportError {
-            what: "reporting outcomes",
-            reason: "the scheduler has stopped".into(),
-        })
+        // The scheduler stops reading once every block is settled (or the
+        // task was abandoned); a late report then has nobody to tell, and
+        // the slot ends when its closed channel runs dry.
+        let _ = self.reports.send(report).await;
+        Ok(())
     }
 }
 

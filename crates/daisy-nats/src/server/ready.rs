@@ -70,11 +70,7 @@ pub async fn wait_jetstream_ready(url: &str, timeout: Duration) -> Result<(), Re
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(ReadyError::Timeout {
-                url: url.to_owned(),
-                timeout,
-                last_failure,
-            });
+            return Err(ReadyError::Timeout { url: url.to_owned(), timeout, last_failure });
         }
         let attempt_timeout = remaining.min(ATTEMPT_TIMEOUT);
         match tokio::time::timeout(attempt_timeout, probe(&mut client, url, attempt_timeout)).await
@@ -102,19 +98,14 @@ async fn probe(
             .await
             .map_err(ProbeFailure::Connect)?,
     };
-    let reply = connected
-        .request(JETSTREAM_ACCOUNT_INFO_SUBJECT, "".into())
-        .await;
+    let reply = connected.request(JETSTREAM_ACCOUNT_INFO_SUBJECT, "".into()).await;
     *client = Some(connected);
     let reply = reply.map_err(ProbeFailure::Request)?;
     let body: serde_json::Value =
         serde_json::from_slice(&reply.payload).map_err(ProbeFailure::NotJson)?;
     if let Some(error) = body.get("error") {
         return Err(ProbeFailure::JetStream {
-            code: error
-                .get("code")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
+            code: error.get("code").and_then(serde_json::Value::as_u64).unwrap_or(0),
             description: error
                 .get("description")
                 .and_then(serde_json::Value::as_str)

@@ -25,25 +25,15 @@ pub struct NatsServerVersion {
 impl NatsServerVersion {
     /// The oldest server daisy runs against: 2.10 added multi-filter consumers, and the
     /// account-info reply of 2.9 cannot be parsed by async-nats 0.51 (jetstream notes B.1).
-    pub const MINIMUM: NatsServerVersion = NatsServerVersion {
-        major: 2,
-        minor: 10,
-        patch: 0,
-    };
+    pub const MINIMUM: NatsServerVersion = NatsServerVersion { major: 2, minor: 10, patch: 0 };
 
     /// Parses the output of `nats-server --version`, e.g. `nats-server: v2.9.10`.
     ///
     /// A pre-release or build suffix (`v2.11.0-RC.1`) is ignored; a missing patch number
     /// counts as 0. Returns `None` when the text does not look like a version.
     pub fn parse_version_output(output: &str) -> Option<NatsServerVersion> {
-        let first_line = output
-            .lines()
-            .map(str::trim)
-            .find(|line| !line.is_empty())?;
-        let version_text = first_line
-            .strip_prefix("nats-server:")
-            .unwrap_or(first_line)
-            .trim();
+        let first_line = output.lines().map(str::trim).find(|line| !line.is_empty())?;
+        let version_text = first_line.strip_prefix("nats-server:").unwrap_or(first_line).trim();
         let version_text = version_text.strip_prefix('v').unwrap_or(version_text);
         let numbers_text = version_text.split(['-', '+', ' ']).next()?;
         let mut parts = numbers_text.split('.');
@@ -56,11 +46,7 @@ impl NatsServerVersion {
         if parts.next().is_some() {
             return None;
         }
-        Some(NatsServerVersion {
-            major,
-            minor,
-            patch,
-        })
+        Some(NatsServerVersion { major, minor, patch })
     }
 }
 
@@ -151,10 +137,7 @@ pub fn check_candidate(path: &Path) -> Result<NatsServerVersion, CandidateError>
 /// Runs `<path> --version` under a deadline and parses what it prints.
 fn probe_version(path: &Path) -> Result<NatsServerVersion, CandidateError> {
     let mut child = spawn_version_probe(path)?;
-    let output_error = |source| CandidateError::Output {
-        path: path.to_path_buf(),
-        source,
-    };
+    let output_error = |source| CandidateError::Output { path: path.to_path_buf(), source };
 
     // The output is one short line, far below a pipe's capacity, so the child cannot block on
     // a full pipe while it is polled here.
@@ -220,10 +203,7 @@ fn spawn_version_probe(path: &Path) -> Result<std::process::Child, CandidateErro
                 std::thread::sleep(VERSION_PROBE_POLL);
             }
             Err(source) => {
-                return Err(CandidateError::Spawn {
-                    path: path.to_path_buf(),
-                    source,
-                });
+                return Err(CandidateError::Spawn { path: path.to_path_buf(), source });
             }
         }
     }
@@ -234,11 +214,7 @@ mod tests {
     use super::*;
 
     fn version(major: u32, minor: u32, patch: u32) -> NatsServerVersion {
-        NatsServerVersion {
-            major,
-            minor,
-            patch,
-        }
+        NatsServerVersion { major, minor, patch }
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn unix_ms() -> u64 {
 }
 
 /// A run whose journal is open and locked.
-pub(super) struct Prepared {
+pub(crate) struct Prepared {
     run: InProcessRun,
 }
 

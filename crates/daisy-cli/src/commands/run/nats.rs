@@ -1,0 +1,192 @@
+//! `daisy run` over NATS JetStream: with an embedded `nats-server` child
+//! (the default; its store under `<state-dir>/nats/`, so the same command
+//! resumes from the stream) or an existing server (`--nats URL`, where
+//! remote `daisy-worker`s may join). A scheduler replica and local worker
+//! slots run in this process, both through JetStream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use daisy_core::{Pipeline, TaskIndex};
+use daisy_nats::server::{NatsServer, ServerOptions};
+use daisy_nats::{LeaseHolder, Nats, RunSettings};
+use daisy_scheduler::nats::{ReplicaError, ReplicaOptions, run_replica};
+use daisy_scheduler::{RunReport, RunSnapshot, SchedulerConfig};
+use daisy_worker::nats::{NatsProcessorFactory, NatsWorkerOptions, run_nats_worker};
+use daisy_worker::runner::BlockProcessor;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::RunContext;
+use crate::input::BadInput;
+use crate::nats_args::{EMBEDDED_URL_FILE, process_name};
+
+/// Where the run's NATS server is.
+pub(crate) enum Server {
+    /// A child `nats-server`, stopped at the end.
+    Embedded(NatsServer),
+    /// Someone else's server.
+    External,
+}
+
+/// A NATS run that is connected and ready.
+pub(crate) struct Prepared {
+    nats: Nats,
+    url: String,
+    server: Server,
+    snapshots: watch::Sender<RunSnapshot>,
+}
+
+/// Starts the embedded server (unless given a URL) and connects.
+pub(super) async fn prepare(
+    context: &RunContext,
+    url: Option<String>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Prepared> {
+    let (url, server) = match url {
+        Some(url) => (url, Server::External),
+        None => {
+            let nats_dir = state_dir.join("nats");
+            std::fs::create_dir_all(&nats_dir)
+                .map_err(|err| BadInput(format!("cannot create {}: {err}", nats_dir.display())))?;
+            let mut options = ServerOptions::new(nats_dir.join("store"));
+            options.log_file = Some(nats_dir.join("server.log"));
+            options.ports_file_dir = Some(nats_dir.clone());
+            // Ctrl-C in the terminal must not stop the server before the
+            // scheduler has drained.
+            options.own_process_group = true;
+            let server =
+                NatsServer::start(&options).context("starting the embedded nats-server")?;
+            let url = server.url().to_owned();
+            std::fs::write(state_dir.join(EMBEDDED_URL_FILE), &url).with_context(|| {
+                format!("writing {}", state_dir.join(EMBEDDED_URL_FILE).display())
+            })?;
+            (url, Server::Embedded(server))
+        }
+    };
+    let nats = daisy_nats::connect(&daisy_nats::ConnectOptions {
+        name: Some("daisy run".into()),
+        ..daisy_nats::ConnectOptions::new(url.clone())
+    })
+    .await
+    .with_context(|| format!("connecting to NATS at {url}"))?;
+    if context.fresh {
+        nats.delete_run(&context.run_id)
+            .await
+            .with_context(|| format!("deleting the recorded run '{}' (--fresh)", context.run_id))?;
+    }
+    let (snapshots, _) = watch::channel(RunSnapshot::default());
+    Ok(Prepared { nats, url, server, snapshots })
+}
+
+impl Prepared {
+    /// Where the run's record lives, for the start line and the summary.
+    pub(super) fn record_place(&self, context: &RunContext) -> PathBuf {
+        PathBuf::from(format!(
+            "event stream {} on {}",
+            daisy_proto::subjects::event_stream(&context.run_id),
+            self.url
+        ))
+    }
+
+    /// Live snapshots (filled once the local replica leads).
+    pub(super) fn subscribe(&self) -> watch::Receiver<RunSnapshot> {
+        self.snapshots.subscribe()
+    }
+
+    /// Runs the scheduler replica and local workers until the run ends.
+    pub(super) async fn run(
+        self,
+        context: &RunContext,
+        spec_toml: String,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<RunReport> {
+        let Prepared { nats, server, snapshots, .. } = self;
+        let (host, name) = process_name();
+        let make_replica = || {
+            let forward = snapshots.clone();
+            ReplicaOptions {
+                run: context.run_id.clone(),
+                spec_toml: spec_toml.clone(),
+                pipeline: context.pipeline.clone(),
+                settings: RunSettings {
+                    lease_ttl: Duration::from_secs(5),
+                    ..RunSettings::default()
+                },
+                holder: LeaseHolder {
+                    id: name.clone(),
+                    host: host.clone(),
+                    pid: std::process::id(),
+                },
+                scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+                on_leading: Some(Box::new(move |mut receiver: watch::Receiver<RunSnapshot>| {
+                    tokio::spawn(async move {
+                        loop {
+                            forward.send_replace(receiver.borrow_and_update().clone());
+                            if receiver.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                })),
+            }
+        };
+        let slots: u32 = context.pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
+        let worker_options = NatsWorkerOptions {
+            run: context.run_id.clone(),
+            tasks: Vec::new(),
+            slots,
+            forever: false,
+            name: name.clone(),
+            host: host.clone(),
+            liveness_ttl: Duration::from_secs(30),
+        };
+        let processes = context.processes.clone();
+        let children = context.children.clone();
+        let factory: Arc<NatsProcessorFactory> = Arc::new(
+            move |_pipeline: &Arc<Pipeline>,
+                  task: TaskIndex,
+                  slot: u32|
+                  -> Box<dyn BlockProcessor> {
+                Box::new(processes[task.get()].processor(slot, &children))
+            },
+        );
+        let workers_cancel = CancellationToken::new();
+        let workers = tokio::spawn(run_nats_worker(
+            nats.clone(),
+            worker_options,
+            factory,
+            workers_cancel.clone(),
+        ));
+        let report = loop {
+            match run_replica(nats.clone(), make_replica(), cancel.clone()).await {
+                Ok(report) => break Ok(report),
+                Err(ReplicaError::LeaseLost { .. }) => {
+                    warn!("lost the scheduler lease; standing by again");
+                }
+                Err(err) => break Err(err),
+            }
+        };
+        workers_cancel.cancel();
+        match workers.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(error = %err, "local workers stopped with an error"),
+            Err(err) => warn!(error = %err, "local workers panicked"),
+        }
+        if let Server::Embedded(mut server) = server {
+            if let Err(err) = server.stop() {
+                warn!(error = %err, "could not stop the embedded nats-server");
+            }
+        }
+        Ok(report?)
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

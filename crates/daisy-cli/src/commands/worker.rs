@@ -1,0 +1,184 @@
+//! `daisy-worker`: processes blocks of runs over NATS JetStream, anywhere.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use daisy_core::{Pipeline, TaskIndex};
+use daisy_proto::RunId;
+use daisy_worker::nats::{NatsProcessorFactory, NatsWorkerOptions, run_nats_worker};
+use daisy_worker::runner::BlockProcessor;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::input::BadInput;
+use crate::nats_args::{NatsArgs, process_name};
+use crate::processes::{ChildEnvironment, install_python_helper, python_path, task_processes};
+
+const AFTER_HELP: &str = "\
+Examples:
+  daisy-worker --nats nats://nats-host:4222 --run pipeline
+      learns the pipeline of run 'pipeline' from NATS, processes its blocks with the
+      pipeline's worker/command/check processes, exits when the run is finished
+  daisy-worker --nats nats://nats-host:4222 --run pipeline --task smooth --slots 8
+      only blocks of task 'smooth', 8 at a time
+  daisy-worker --nats nats://nats-host:4222 --forever
+      serves whichever run is unfinished, one after the other, and keeps waiting
+
+User processes start in --workdir (default: the current directory), so relative
+script paths of the pipeline file must exist there. Logs: <log-dir>/<task>/worker_<n>.out|err.";
+
+/// Processes blocks of daisy-rs runs over NATS JetStream.
+#[derive(Debug, Parser)]
+#[command(name = "daisy-worker", version, about, after_help = AFTER_HELP)]
+struct WorkerCli {
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// The run to serve. Default: an unfinished run on the server (waiting
+    /// for one if there is none yet).
+    #[arg(long, value_name = "ID")]
+    run: Option<String>,
+    /// Only blocks of this task (repeatable). Default: every task.
+    #[arg(long = "task", value_name = "TASK")]
+    tasks: Vec<String>,
+    /// How many blocks to process at once. Default: the number of cores.
+    #[arg(long, value_name = "N")]
+    slots: Option<u32>,
+    /// Keep serving runs after the current one finished.
+    #[arg(long)]
+    forever: bool,
+    /// Where user processes start.
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Where worker logs go.
+    #[arg(long, value_name = "DIR", default_value = "daisy_logs")]
+    log_dir: PathBuf,
+    /// Where the Python helper is installed (and the embedded server's URL
+    /// is looked up when --nats is not given).
+    #[arg(long, value_name = "DIR", default_value = ".daisy")]
+    state_dir: PathBuf,
+    /// More log lines on stderr: -v info, -vv debug.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// The `daisy-worker` binary.
+pub fn worker_main() -> ExitCode {
+    let cli = WorkerCli::parse();
+    let _logs = crate::telemetry::init(cli.verbose.max(1));
+    crate::exit_code(run(cli))
+}
+
+fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
+    let url = cli.nats.resolve_url(&cli.state_dir)?;
+    let workdir = std::path::absolute(cli.workdir.clone().unwrap_or_else(|| PathBuf::from(".")))
+        .map_err(|err| BadInput(format!("--workdir: {err}")))?;
+    let log_dir =
+        std::path::absolute(&cli.log_dir).map_err(|err| BadInput(format!("--log-dir: {err}")))?;
+    let state_dir = std::path::absolute(&cli.state_dir)
+        .map_err(|err| BadInput(format!("--state-dir: {err}")))?;
+    let helper_dir = install_python_helper(&state_dir).map_err(|err| {
+        BadInput(format!("cannot write the Python helper into {}: {err}", state_dir.display()))
+    })?;
+    let children = ChildEnvironment {
+        log_dir,
+        current_dir: workdir.clone(),
+        env: vec![("PYTHONPATH".to_owned(), python_path(&helper_dir))],
+    };
+    let slots = cli
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let nats = cli.nats.connect(url.clone(), "daisy-worker").await?;
+        let cancel = CancellationToken::new();
+        let signals = tokio::spawn(stop_on_signal(cancel.clone()));
+        let (host, name) = process_name();
+        loop {
+            let Some(run) = choose_run(&nats, cli.run.as_deref(), &cancel).await? else { break };
+            let workdir = workdir.clone();
+            let children = children.clone();
+            let factory: Arc<NatsProcessorFactory> = Arc::new(
+                move |pipeline: &Arc<Pipeline>,
+                      task: TaskIndex,
+                      slot: u32|
+                      -> Box<dyn BlockProcessor> {
+                    let processes =
+                        task_processes(pipeline, std::path::Path::new("<run spec>"), &workdir)
+                            .expect("a validated pipeline has a process for every task");
+                    Box::new(processes[task.get()].processor(slot, &children))
+                },
+            );
+            let options = NatsWorkerOptions {
+                run: run.clone(),
+                tasks: cli.tasks.clone(),
+                slots,
+                forever: false,
+                name: name.clone(),
+                host: host.clone(),
+                liveness_ttl: Duration::from_secs(30),
+            };
+            info!(run = %run, slots, url = %url, "serving run");
+            run_nats_worker(nats.clone(), options, factory, cancel.clone()).await?;
+            if !cli.forever || cancel.is_cancelled() || cli.run.is_some() && !cli.forever {
+                break;
+            }
+        }
+        signals.abort();
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run to serve: the given one, or an unfinished one on the server.
+async fn choose_run(
+    nats: &daisy_nats::Nats,
+    wanted: Option<&str>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<RunId>> {
+    if let Some(id) = wanted {
+        return Ok(Some(
+            RunId::new(id).ok_or_else(|| BadInput(format!("--run {id:?} is not a run id")))?,
+        ));
+    }
+    let mut announced = false;
+    loop {
+        for run in nats.list_runs().await.context("listing runs")? {
+            let Ok(streams) = nats.open_run(&run).await else { continue };
+            let finished =
+                matches!(streams.get_status().await, Ok(Some(status)) if status.finished);
+            if !finished && matches!(streams.get_spec().await, Ok(Some(_))) {
+                return Ok(Some(run));
+            }
+        }
+        if !announced {
+            info!("no unfinished run yet: waiting for a scheduler");
+            announced = true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn stop_on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    info!("stopping: finishing the blocks in flight, returning the rest");
+    cancel.cancel();
+}

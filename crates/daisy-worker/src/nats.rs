@@ -1,0 +1,362 @@
+//! The worker over NATS JetStream: learns the pipeline from the run's KV
+//! bucket, pulls batches of blocks from one durable consumer per task, and
+//! records every outcome in the event stream before acking the batch.
+//!
+//! ```text
+//!  KV spec ──► pipeline ──► per task: BlockConsumer (AckWait = timeout,
+//!                                       MaxDeliver = max_retries + 1,
+//!                                       MaxAckPending = max_workers)
+//!  slot: permit (--slots) ─► fetch 1 batch ─► process (heartbeat +WPI)
+//!        ─► publish Outcomes event (Nats-Msg-Id) ─► ack (or nak if stopped early)
+//!  liveness: a key in the workers bucket, refreshed every TTL/3
+//!  exit: when the run's status says finished (unless --forever)
+//! ```
+//!
+//! # Why record, then ack
+//! The event stream is the run's record. Acking first and crashing before
+//! the record would lose an outcome; recording first and crashing before
+//! the ack only redelivers a batch whose outcomes the scheduler already has
+//! (it drops them as stale).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use daisy_core::{Pipeline, TaskIndex, parse_pipeline};
+use daisy_nats::{BlockAcker, BlockConsumer, ConsumerSettings, Nats, RunStreams, WorkerInfo};
+use daisy_proto::subjects::{EventScope, MsgId};
+use daisy_proto::{Dispatch, Event, OutcomeReport, RunId, WorkerId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::runner::{
+    BlockProcessor, HEARTBEAT_INTERVAL, WorkerSlot, WorkerTransport, WorkerTransportError,
+};
+
+/// Builds the processor of one slot: `(pipeline, task, slot)`.
+pub type NatsProcessorFactory =
+    dyn Fn(&Arc<Pipeline>, TaskIndex, u32) -> Box<dyn BlockProcessor> + Send + Sync;
+
+/// How a NATS worker runs.
+#[derive(Debug, Clone)]
+pub struct NatsWorkerOptions {
+    /// The run to serve.
+    pub run: RunId,
+    /// Only these tasks (empty: every task).
+    pub tasks: Vec<String>,
+    /// How many blocks this process works on at once.
+    pub slots: u32,
+    /// Keep serving after the run finished.
+    pub forever: bool,
+    /// Prefix of this process's worker ids (e.g. `<host>-<pid>`).
+    pub name: String,
+    /// This host's name.
+    pub host: String,
+    /// How long a worker's liveness key lives without a refresh.
+    pub liveness_ttl: Duration,
+}
+
+/// Why a NATS worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsWorkerError {
+    /// Talking to NATS failed.
+    #[error("{what}: {reason}")]
+    Nats {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The run's pipeline, as published, is not valid.
+    #[error("the pipeline of run '{run}' is not valid: {reason}")]
+    BadSpec {
+        /// The run.
+        run: RunId,
+        /// Why.
+        reason: String,
+    },
+    /// A `--task` names no task of the pipeline.
+    #[error("run '{run}' has no task '{task}' (its tasks: {known})")]
+    UnknownTask {
+        /// The run.
+        run: RunId,
+        /// The task asked for.
+        task: String,
+        /// The run's tasks.
+        known: String,
+    },
+}
+
+fn nats_error(what: &'static str, err: impl std::fmt::Display) -> NatsWorkerError {
+    NatsWorkerError::Nats { what, reason: err.to_string() }
+}
+
+/// Waits for the run to be published, then serves it until it finishes
+/// (or forever, or until cancelled).
+///
+/// # Errors
+/// [`NatsWorkerError`].
+pub async fn run_nats_worker(
+    nats: Nats,
+    options: NatsWorkerOptions,
+    factory: Arc<NatsProcessorFactory>,
+    cancel: CancellationToken,
+) -> Result<(), NatsWorkerError> {
+    let Some((streams, spec)) = wait_for_run(&nats, &options.run, &cancel).await? else {
+        return Ok(());
+    };
+    let specs = parse_pipeline(&spec).map_err(|e| NatsWorkerError::BadSpec {
+        run: options.run.clone(),
+        reason: e.to_string(),
+    })?;
+    let pipeline = Arc::new(daisy_core::Pipeline::new(specs).map_err(|e| {
+        NatsWorkerError::BadSpec { run: options.run.clone(), reason: e.to_string() }
+    })?);
+    let tasks: Vec<TaskIndex> = if options.tasks.is_empty() {
+        (0..pipeline.len()).map(|t| TaskIndex(t as u32)).collect()
+    } else {
+        options
+            .tasks
+            .iter()
+            .map(|name| {
+                pipeline.task_index(name).ok_or_else(|| NatsWorkerError::UnknownTask {
+                    run: options.run.clone(),
+                    task: name.clone(),
+                    known: pipeline
+                        .tasks()
+                        .iter()
+                        .map(|t| t.spec.id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let stop = cancel.child_token();
+    let mut background = JoinSet::new();
+    background.spawn(watch_finished(
+        streams.clone(),
+        finished.clone(),
+        options.forever,
+        stop.clone(),
+    ));
+    background.spawn(keep_alive(streams.clone(), options.clone(), stop.clone()));
+
+    let permits = Arc::new(Semaphore::new(options.slots.max(1) as usize));
+    let mut slots = JoinSet::new();
+    for &task in &tasks {
+        let spec = &pipeline.task(task).spec;
+        let settings = ConsumerSettings {
+            ack_wait: spec.timeout,
+            max_deliver: i64::from(spec.max_retries) + 1,
+            max_ack_pending: i64::from(spec.max_workers),
+        };
+        let consumer = BlockConsumer::ensure(&streams, &spec.id, settings)
+            .await
+            .map_err(|e| nats_error("creating a block consumer", e))?;
+        let heartbeat = (spec.timeout / 3).clamp(Duration::from_millis(200), HEARTBEAT_INTERVAL);
+        for slot in 0..options.slots.max(1) {
+            let transport = NatsWorkerTransport {
+                nats: nats.clone(),
+                streams: streams.clone(),
+                run: options.run.clone(),
+                task_id: spec.id.clone(),
+                consumer: consumer.clone(),
+                permits: permits.clone(),
+                finished: finished.clone(),
+                current: None,
+                heartbeat,
+            };
+            let worker = WorkerSlot {
+                pipeline: pipeline.clone(),
+                task,
+                worker_id: WorkerId(format!("{}-{}-{slot}", options.name, spec.id)),
+                processor: factory(&pipeline, task, slot),
+                transport,
+            };
+            slots.spawn(worker.run(stop.clone()));
+        }
+    }
+    info!(run = %options.run, tasks = tasks.len(), slots = options.slots, "worker serving the run");
+    let mut result = Ok(());
+    while let Some(joined) = slots.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                error!(error = %err, "worker slot stopped");
+                result = Err(nats_error("worker slot", err));
+                stop.cancel();
+            }
+            Err(err) => error!(error = %err, "worker slot panicked"),
+        }
+    }
+    stop.cancel();
+    while background.join_next().await.is_some() {}
+    let worker = WorkerId(options.name.clone());
+    if let Err(err) = streams.unregister_worker(&worker).await {
+        debug!(error = %err, "could not remove the liveness key");
+    }
+    info!(run = %options.run, "worker done");
+    result
+}
+
+/// Waits until the run's streams and spec exist (a worker may start before
+/// the scheduler).
+async fn wait_for_run(
+    nats: &Nats,
+    run: &RunId,
+    cancel: &CancellationToken,
+) -> Result<Option<(RunStreams, String)>, NatsWorkerError> {
+    let mut announced = false;
+    loop {
+        if let Ok(streams) = nats.open_run(run).await {
+            match streams.get_spec().await {
+                Ok(Some(spec)) => return Ok(Some((streams, spec))),
+                Ok(None) => {}
+                Err(err) => warn!(run = %run, error = %err, "could not read the run's spec"),
+            }
+        }
+        if !announced {
+            info!(run = %run, "waiting for a scheduler to publish the run");
+            announced = true;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(None),
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+async fn watch_finished(
+    streams: RunStreams,
+    finished: Arc<AtomicBool>,
+    forever: bool,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if let Ok(Some(status)) = streams.get_status().await
+            && status.finished
+            && !forever
+        {
+            finished.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn keep_alive(streams: RunStreams, options: NatsWorkerOptions, stop: CancellationToken) {
+    let worker = WorkerId(options.name.clone());
+    let info = WorkerInfo {
+        host: options.host.clone(),
+        pid: std::process::id(),
+        tasks: options.tasks.clone(),
+        slots: options.slots,
+    };
+    loop {
+        if let Err(err) = streams.register_worker(&worker, &info).await {
+            debug!(error = %err, "could not refresh the liveness key");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(options.liveness_ttl / 3) => {}
+        }
+    }
+}
+
+struct CurrentBatch {
+    acker: BlockAcker,
+    blocks: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct NatsWorkerTransport {
+    nats: Nats,
+    streams: RunStreams,
+    run: RunId,
+    task_id: daisy_core::TaskId,
+    consumer: BlockConsumer,
+    permits: Arc<Semaphore>,
+    finished: Arc<AtomicBool>,
+    current: Option<CurrentBatch>,
+    heartbeat: Duration,
+}
+
+impl WorkerTransport for NatsWorkerTransport {
+    async fn next_dispatch(&mut self) -> Option<Dispatch> {
+        loop {
+            if self.finished.load(Ordering::Relaxed) {
+                return None;
+            }
+            let Ok(permit) = self.permits.clone().acquire_owned().await else { return None };
+            let mut received = match self.consumer.fetch(1, Duration::from_millis(500)).await {
+                Ok(received) => received,
+                Err(err) => {
+                    warn!(task = %self.task_id, error = %err, "fetching blocks failed");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let Some(message) = received.pop() else { continue };
+            match message.dispatch {
+                Ok(dispatch) => {
+                    if message.delivered > 1 {
+                        warn!(task = %self.task_id, delivery = message.delivered, blocks = dispatch.blocks.len(), "batch redelivered: its last worker vanished");
+                    }
+                    self.current = Some(CurrentBatch {
+                        acker: message.acker,
+                        blocks: dispatch.blocks.len(),
+                        _permit: permit,
+                    });
+                    return Some(dispatch);
+                }
+                Err(err) => {
+                    warn!(task = %self.task_id, sequence = message.stream_sequence, error = %err, "undecodable block message terminated");
+                    let _ = message.acker.term().await;
+                    let _ = self.streams.delete_block_message(message.stream_sequence).await;
+                }
+            }
+        }
+    }
+
+    async fn report(&mut self, report: OutcomeReport) -> Result<(), WorkerTransportError> {
+        let complete = self.current.as_ref().is_some_and(|c| c.blocks == report.results.len());
+        let event = Event::Outcomes(report);
+        let msg_id = MsgId::for_event(&self.run, &event);
+        self.nats
+            .publish_event(&self.run, EventScope::Task(&self.task_id), &event, &msg_id, None)
+            .await
+            .map_err(|err| WorkerTransportError {
+                what: "recording outcomes",
+                reason: err.to_string(),
+            })?;
+        if let Some(current) = self.current.take() {
+            let acked =
+                if complete { current.acker.ack().await } else { current.acker.nak(None).await };
+            if let Err(err) = acked {
+                // The outcomes are recorded; a redelivery is harmless.
+                warn!(task = %self.task_id, error = %err, "could not ack a batch");
+            }
+        }
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) {
+        if let Some(current) = &self.current
+            && let Err(err) = current.acker.progress().await
+        {
+            debug!(task = %self.task_id, error = %err, "heartbeat failed");
+        }
+    }
+
+    fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+}
