@@ -57,6 +57,10 @@ pub struct ReplicaOptions {
     pub holder: LeaseHolder,
     /// Actor tuning.
     pub scheduler: SchedulerConfig,
+    /// How recorded outcomes count: `Continue` for scheduler replicas of
+    /// one long run (failover), `Resume` for a new `daisy run` session
+    /// (successes count as skipped, failed blocks get fresh retries).
+    pub replay_mode: ReplayMode,
     /// Called once when this replica becomes the leader, with its live
     /// snapshots (progress display).
     pub on_leading: Option<Box<dyn FnOnce(watch::Receiver<RunSnapshot>) + Send>>,
@@ -146,7 +150,7 @@ pub async fn run_replica(
         options.pipeline.clone(),
         transport,
         options.scheduler.clone(),
-        ReplayedOutcomes { events, mode: ReplayMode::Continue, in_flight },
+        ReplayedOutcomes { events, mode: options.replay_mode, in_flight },
     )
     .with_epoch(epoch);
     let snapshots = actor.subscribe();

@@ -120,6 +120,7 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
                     pid: std::process::id(),
                 },
                 scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+                replay_mode: daisy_scheduler::ReplayMode::Continue,
                 on_leading: Some(Box::new(move |mut receiver: watch::Receiver<RunSnapshot>| {
                     tokio::spawn(async move {
                         loop {

@@ -38,6 +38,8 @@ pub(crate) struct Prepared {
     url: String,
     server: Server,
     snapshots: watch::Sender<RunSnapshot>,
+    /// Held while this run uses the embedded server's store.
+    _lock: Option<std::fs::File>,
 }
 
 /// Starts the embedded server (unless given a URL) and connects.
@@ -46,12 +48,15 @@ pub(super) async fn prepare(
     url: Option<String>,
     state_dir: &std::path::Path,
 ) -> anyhow::Result<Prepared> {
+    let mut lock = None;
     let (url, server) = match url {
         Some(url) => (url, Server::External),
         None => {
             let nats_dir = state_dir.join("nats");
             std::fs::create_dir_all(&nats_dir)
                 .map_err(|err| BadInput(format!("cannot create {}: {err}", nats_dir.display())))?;
+            lock = Some(lock_embedded_server(&nats_dir)?);
+            stop_orphaned_server(&nats_dir);
             let mut options = ServerOptions::new(nats_dir.join("store"));
             options.log_file = Some(nats_dir.join("server.log"));
             options.ports_file_dir = Some(nats_dir.clone());
@@ -61,6 +66,9 @@ pub(super) async fn prepare(
             let server =
                 NatsServer::start(&options).context("starting the embedded nats-server")?;
             let url = server.url().to_owned();
+            if let Some(pid) = server.pid() {
+                let _ = std::fs::write(nats_dir.join(PID_FILE), pid.to_string());
+            }
             std::fs::write(state_dir.join(EMBEDDED_URL_FILE), &url).with_context(|| {
                 format!("writing {}", state_dir.join(EMBEDDED_URL_FILE).display())
             })?;
@@ -79,7 +87,7 @@ pub(super) async fn prepare(
             .with_context(|| format!("deleting the recorded run '{}' (--fresh)", context.run_id))?;
     }
     let (snapshots, _) = watch::channel(RunSnapshot::default());
-    Ok(Prepared { nats, url, server, snapshots })
+    Ok(Prepared { nats, url, server, snapshots, _lock: lock })
 }
 
 impl Prepared {
@@ -122,6 +130,7 @@ impl Prepared {
                     pid: std::process::id(),
                 },
                 scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+                replay_mode: daisy_scheduler::ReplayMode::Resume,
                 on_leading: Some(Box::new(move |mut receiver: watch::Receiver<RunSnapshot>| {
                     tokio::spawn(async move {
                         loop {
@@ -182,6 +191,56 @@ impl Prepared {
             }
         }
         Ok(report?)
+    }
+}
+
+/// The embedded server's pid, to stop it if a killed run left it behind.
+const PID_FILE: &str = "pid";
+
+/// Takes the embedded server's lock: one `daisy run` per state dir.
+fn lock_embedded_server(nats_dir: &std::path::Path) -> Result<std::fs::File, BadInput> {
+    let path = nats_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| BadInput(format!("cannot open {}: {err}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(BadInput(format!(
+            "the embedded NATS server in {} is in use by another daisy run; wait for it to \
+             finish, or give this run another --state-dir",
+            nats_dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(err)) => {
+            Err(BadInput(format!("cannot lock {}: {err}", path.display())))
+        }
+    }
+}
+
+/// Stops a nats-server that a killed `daisy run` left running on this
+/// store (we hold the lock, so no live run uses it).
+fn stop_orphaned_server(nats_dir: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(nats_dir.join(PID_FILE)) else { return };
+    let Ok(pid) = text.trim().parse::<u32>() else { return };
+    let is_nats = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "nats-server")
+    };
+    if !is_nats(pid) {
+        return;
+    }
+    warn!(pid, "stopping the nats-server a killed daisy run left behind");
+    for signal in ["-TERM", "-KILL"] {
+        let _ = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while is_nats(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !is_nats(pid) {
+            return;
+        }
     }
 }
 
