@@ -277,7 +277,7 @@ fn python_workers_process_every_block_once_and_a_second_run_skips_them_all() {
     assert_eq!(counts(&report, "down"), [8, 8, 8, 0, 0]);
     assert_eq!(report["all_succeeded"], true);
     assert_eq!(project.attempt_lines(), 16, "no block ran again");
-    assert!(stderr(&again).contains("resuming: 16 blocks"), "{}", describe(&again));
+    assert!(stderr(&again).contains("resuming"), "{}", describe(&again));
 }
 
 #[test]
@@ -429,7 +429,8 @@ fn a_run_killed_mid_pipeline_resumes_without_running_succeeded_blocks_again() {
         task("first", 100, worker),
         task("second", 100, &format!("upstream = [\"first\"]\n{worker}")),
     ]);
-    let running = Running::start(project.daisy_run(&["--no-progress"]).env("SLEEP", "0.01"));
+    let running =
+        Running::start(project.daisy_run(&["--no-progress", "--in-process"]).env("SLEEP", "0.01"));
     wait_until("20 blocks recorded in the journal", Duration::from_secs(20), || {
         project.journal_done().len() >= 20
     });
@@ -439,7 +440,7 @@ fn a_run_killed_mid_pipeline_resumes_without_running_succeeded_blocks_again() {
     let recorded = project.journal_done();
     assert!(recorded.len() < 200, "the run was killed before it finished");
 
-    let output = run(project.daisy_run(&["--json"]).env("SLEEP", "0.01"));
+    let output = run(project.daisy_run(&["--json", "--in-process"]).env("SLEEP", "0.01"));
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let report = json(&output);
     assert_eq!(counts(&report, "first")[..2], [100, 100]);
@@ -480,10 +481,10 @@ fn ctrl_c_stops_the_run_resumably_and_a_second_run_in_parallel_is_refused() {
     let project = Project::new();
     project.write("worker.py", WORKER_PY);
     project.pipeline(&[task("t", 40, "max_workers = 2\nworker = [\"python3\", \"worker.py\"]")]);
-    let running = Running::start(project.daisy_run(&[]).env("SLEEP", "0.2"));
+    let running = Running::start(project.daisy_run(&["--in-process"]).env("SLEEP", "0.2"));
     wait_until("blocks to start", Duration::from_secs(20), || project.attempt_lines() >= 2);
 
-    let parallel = run(project.daisy_run(&[]).env("SLEEP", "0.2"));
+    let parallel = run(project.daisy_run(&["--in-process"]).env("SLEEP", "0.2"));
     assert_eq!(parallel.status.code(), Some(2), "{}", describe(&parallel));
     assert!(stderr(&parallel).contains("in use by another daisy run"), "{}", describe(&parallel));
 
@@ -497,7 +498,7 @@ fn ctrl_c_stops_the_run_resumably_and_a_second_run_in_parallel_is_refused() {
     let recorded = project.journal_done();
     assert!(!recorded.is_empty() && recorded.len() < 40, "{} recorded", recorded.len());
 
-    let resumed = run(&mut project.daisy_run(&["--json"]));
+    let resumed = run(&mut project.daisy_run(&["--json", "--in-process"]));
     assert_eq!(resumed.status.code(), Some(0), "{}", describe(&resumed));
     assert_eq!(counts(&json(&resumed), "t")[..3], [40, 40, recorded.len() as u64]);
     let attempts = project.attempts();

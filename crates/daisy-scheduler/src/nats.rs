@@ -79,8 +79,9 @@ pub enum ReplicaError {
     },
     /// The run exists with another block layout.
     #[error(
-        "run '{run}' was started with another pipeline (its block layout differs): give this \
-         pipeline another --run-id, or delete the old run with `daisy runs --delete {run}`"
+        "the pipeline's block layout changed since run '{run}' was recorded: its recorded blocks \
+         would map onto other blocks. Start over with `daisy run --fresh` (or `daisy runs \
+         --delete {run}`), or give the changed pipeline another --run-id"
     )]
     LayoutChanged {
         /// The run.
@@ -198,7 +199,7 @@ pub async fn run_replica(
         info!(run = %run, succeeded = report.all_succeeded(), "run finished");
     }
     if let Some(lease) = lease
-        && let Err(err) = lease.release().await
+        && let Err(err) = (*lease).release().await
     {
         debug!(error = %err, "could not release the lease (it will lapse)");
     }
@@ -206,7 +207,7 @@ pub async fn run_replica(
 }
 
 enum HelperExit {
-    Lease(Option<Lease>),
+    Lease(Option<Box<Lease>>),
     Done,
 }
 
@@ -329,7 +330,7 @@ async fn renew(
     interval.tick().await;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return HelperExit::Lease(Some(lease)),
+            () = stop.cancelled() => return HelperExit::Lease(Some(Box::new(lease))),
             _ = interval.tick() => {
                 if let Err(err) = lease.renew().await {
                     error!(epoch = err.epoch, error = %err, "lost the scheduler lease: stopping dispatch");

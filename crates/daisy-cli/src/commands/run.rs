@@ -128,17 +128,31 @@ impl RunArgs {
     }
 }
 
-/// A run ready to start, in either mode.
+/// A run ready to start, in either mode (one value per run: its size does
+/// not matter).
+#[allow(clippy::large_enum_variant)]
 enum Prepared {
     InProcess(in_process::Prepared),
     Nats(nats::Prepared),
 }
 
 impl Prepared {
-    fn resumed_blocks(&self) -> u64 {
+    /// What the start line says about earlier sessions.
+    fn history(&self, fresh: bool) -> String {
+        if fresh {
+            return "started fresh".to_owned();
+        }
         match self {
-            Prepared::InProcess(prepared) => prepared.resumed_blocks(),
-            Prepared::Nats(_) => 0,
+            Prepared::InProcess(prepared) => match prepared.resumed_blocks() {
+                0 => "new run".to_owned(),
+                resumed => {
+                    format!("resuming: {resumed} blocks done in an earlier session are skipped")
+                }
+            },
+            Prepared::Nats(prepared) if prepared.existed() => {
+                "resuming: blocks its event stream records as done are skipped".to_owned()
+            }
+            Prepared::Nats(_) => "new run".to_owned(),
         }
     }
 
@@ -275,14 +289,7 @@ async fn run_async(
         Mode::Nats if args.nats.is_some() => "NATS",
         Mode::Nats => "embedded NATS",
     };
-    let resumed = prepared.resumed_blocks();
-    let history = if args.fresh {
-        "started fresh".to_owned()
-    } else if resumed > 0 {
-        format!("resuming: {resumed} blocks done in an earlier session are skipped")
-    } else {
-        "new run".to_owned()
-    };
+    let history = prepared.history(args.fresh);
     logs.note(&format!(
         "daisy: run '{}' ({}, {} blocks): record {}, {history}; worker logs in {}",
         context.run_id,

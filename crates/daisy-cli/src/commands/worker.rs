@@ -126,7 +126,7 @@ fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
             };
             info!(run = %run, slots, url = %url, "serving run");
             run_nats_worker(nats.clone(), options, factory, cancel.clone()).await?;
-            if !cli.forever || cancel.is_cancelled() || cli.run.is_some() && !cli.forever {
+            if !cli.forever || cancel.is_cancelled() {
                 break;
             }
         }

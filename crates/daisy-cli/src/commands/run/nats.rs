@@ -27,7 +27,7 @@ use crate::nats_args::{EMBEDDED_URL_FILE, process_name};
 /// Where the run's NATS server is.
 pub(crate) enum Server {
     /// A child `nats-server`, stopped at the end.
-    Embedded(NatsServer),
+    Embedded(Box<NatsServer>),
     /// Someone else's server.
     External,
 }
@@ -38,6 +38,8 @@ pub(crate) struct Prepared {
     url: String,
     server: Server,
     snapshots: watch::Sender<RunSnapshot>,
+    /// Whether an earlier session recorded this run.
+    existed: bool,
     /// Held while this run uses the embedded server's store.
     _lock: Option<std::fs::File>,
 }
@@ -72,7 +74,7 @@ pub(super) async fn prepare(
             std::fs::write(state_dir.join(EMBEDDED_URL_FILE), &url).with_context(|| {
                 format!("writing {}", state_dir.join(EMBEDDED_URL_FILE).display())
             })?;
-            (url, Server::Embedded(server))
+            (url, Server::Embedded(Box::new(server)))
         }
     };
     let nats = daisy_nats::connect(&daisy_nats::ConnectOptions {
@@ -81,13 +83,14 @@ pub(super) async fn prepare(
     })
     .await
     .with_context(|| format!("connecting to NATS at {url}"))?;
+    let existed = !context.fresh && nats.open_run(&context.run_id).await.is_ok();
     if context.fresh {
         nats.delete_run(&context.run_id)
             .await
             .with_context(|| format!("deleting the recorded run '{}' (--fresh)", context.run_id))?;
     }
     let (snapshots, _) = watch::channel(RunSnapshot::default());
-    Ok(Prepared { nats, url, server, snapshots, _lock: lock })
+    Ok(Prepared { nats, url, server, snapshots, existed, _lock: lock })
 }
 
 impl Prepared {
@@ -98,6 +101,11 @@ impl Prepared {
             daisy_proto::subjects::event_stream(&context.run_id),
             self.url
         ))
+    }
+
+    /// Whether an earlier session recorded this run.
+    pub(super) fn existed(&self) -> bool {
+        self.existed
     }
 
     /// Live snapshots (filled once the local replica leads).
@@ -176,7 +184,10 @@ impl Prepared {
                 Err(ReplicaError::LeaseLost { .. }) => {
                     warn!("lost the scheduler lease; standing by again");
                 }
-                Err(err) => break Err(err),
+                Err(err @ ReplicaError::LayoutChanged { .. }) => {
+                    break Err(anyhow::Error::new(BadInput(err.to_string())));
+                }
+                Err(err) => break Err(anyhow::Error::new(err)),
             }
         };
         workers_cancel.cancel();
@@ -185,12 +196,12 @@ impl Prepared {
             Ok(Err(err)) => warn!(error = %err, "local workers stopped with an error"),
             Err(err) => warn!(error = %err, "local workers panicked"),
         }
-        if let Server::Embedded(mut server) = server {
-            if let Err(err) = server.stop() {
-                warn!(error = %err, "could not stop the embedded nats-server");
-            }
+        if let Server::Embedded(mut server) = server
+            && let Err(err) = server.stop()
+        {
+            warn!(error = %err, "could not stop the embedded nats-server");
         }
-        Ok(report?)
+        report
     }
 }
 
