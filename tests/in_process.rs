@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use daisy::{Roi, Runner, Task, run_blockwise};
+use daisy::{Roi, Runner, Task};
+use daisy_testkit::TestNats;
 
 fn roi(offset: [i64; 3], shape: [i64; 3]) -> Roi {
     Roi::new(offset.into(), shape.into())
@@ -46,12 +47,40 @@ fn recording_task(id: &str, spans: &Spans, upstream: Option<&Task>) -> Task {
     builder.build().unwrap()
 }
 
+/// The transports every scheduling test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    InProcess,
+    Nats,
+}
+
+/// A runner for `transport`; the server (if any) lives as long as the guard.
+fn runner(transport: Transport) -> (Runner, Option<TestNats>) {
+    match transport {
+        Transport::InProcess => (Runner::new(), None),
+        Transport::Nats => {
+            let server = TestNats::start().expect("a nats-server starts");
+            (Runner::new().nats(server.url()), Some(server))
+        }
+    }
+}
+
 #[test]
 fn chained_3d_tasks_with_conflicts_run_every_block_once_and_never_overlap_conflicts() {
+    chained_3d_tasks(Transport::InProcess);
+}
+
+#[test]
+fn chained_3d_tasks_with_conflicts_on_nats() {
+    chained_3d_tasks(Transport::Nats);
+}
+
+fn chained_3d_tasks(transport: Transport) {
     let spans: Spans = Arc::default();
     let first = recording_task("first", &spans, None);
     let second = recording_task("second", &spans, Some(&first));
-    let report = run_blockwise([second]).unwrap();
+    let (runner, _server) = runner(transport);
+    let report = runner.run([second]).unwrap();
     assert!(report.all_succeeded(), "{report:?}");
     let spans = spans.lock().unwrap();
     for task in ["first", "second"] {
@@ -89,6 +118,15 @@ fn chained_3d_tasks_with_conflicts_run_every_block_once_and_never_overlap_confli
 
 #[test]
 fn a_block_that_always_fails_is_failed_after_retries_and_its_downstream_orphaned() {
+    always_failing_block(Transport::InProcess);
+}
+
+#[test]
+fn a_block_that_always_fails_on_nats() {
+    always_failing_block(Transport::Nats);
+}
+
+fn always_failing_block(transport: Transport) {
     let attempts: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let seen = attempts.clone();
     let up = Task::builder("up")
@@ -114,7 +152,8 @@ fn a_block_that_always_fails_is_failed_after_retries_and_its_downstream_orphaned
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let report = Runner::new().resume_dir(dir.path()).run([down]).unwrap();
+    let (runner, _server) = runner(transport);
+    let report = runner.resume_dir(dir.path()).run([down]).unwrap();
     let up_report = report.task("up").unwrap();
     assert_eq!((up_report.counters.completed, up_report.counters.failed), (9, 1));
     assert_eq!(up_report.failed_attempts, 2);

@@ -75,4 +75,4 @@ pub use scheduler::{
     Acquired, Outcome, ReleaseError, Released, Scheduler, Simulation, TaskCounters, Unreachable,
     simulate, simulate_with_progress,
 };
-pub use spec::{ProcessSpec, SpecError, TaskId, TaskSpec, parse_pipeline};
+pub use spec::{ProcessSpec, SpecError, TaskId, TaskSpec, parse_pipeline, pipeline_toml};

@@ -287,6 +287,55 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<TaskSpec>, SpecError> {
         .collect()
 }
 
+/// Writes task specs in the pipeline file format, the inverse of
+/// [`parse_pipeline`]. A task without a process (a Rust closure) gets
+/// `placeholder` as its `command`, so the text parses.
+pub fn pipeline_toml(tasks: &[TaskSpec], placeholder: &str) -> String {
+    use std::fmt::Write as _;
+    let list = |values: &[i64]| values.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    let roi = |roi: &Roi| {
+        format!(
+            "{{ offset = [{}], shape = [{}] }}",
+            list(roi.offset().as_slice()),
+            list(roi.shape().as_slice())
+        )
+    };
+    let strings =
+        |values: &[String]| values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ");
+    let mut text = String::new();
+    for task in tasks {
+        let _ = writeln!(text, "[[task]]");
+        let _ = writeln!(text, "id = {:?}", task.id.as_str());
+        let _ = writeln!(text, "total_roi = {}", roi(&task.total_roi));
+        let _ = writeln!(text, "read_roi = {}", roi(&task.read_roi));
+        let _ = writeln!(text, "write_roi = {}", roi(&task.write_roi));
+        let _ = writeln!(text, "fit = \"{}\"", task.fit);
+        let _ = writeln!(text, "read_write_conflict = {}", task.read_write_conflict);
+        let _ = writeln!(text, "max_workers = {}", task.max_workers);
+        let _ = writeln!(text, "max_retries = {}", task.max_retries);
+        let _ = writeln!(text, "max_worker_restarts = {}", task.max_worker_restarts);
+        let _ = writeln!(text, "timeout = {}", task.timeout.as_secs_f64());
+        let upstream: Vec<String> = task.upstream.iter().map(|u| u.to_string()).collect();
+        let _ = writeln!(text, "upstream = [{}]", strings(&upstream));
+        match &task.process {
+            Some(ProcessSpec::Worker(argv)) => {
+                let _ = writeln!(text, "worker = [{}]", strings(argv));
+            }
+            Some(ProcessSpec::Command(argv)) => {
+                let _ = writeln!(text, "command = [{}]", strings(argv));
+            }
+            None => {
+                let _ = writeln!(text, "command = [{placeholder:?}]");
+            }
+        }
+        if let Some(check) = &task.check {
+            let _ = writeln!(text, "check = [{}]", strings(check));
+        }
+        text.push('\n');
+    }
+    text
+}
+
 fn task_from_entry(position: usize, entry: TaskEntry) -> Result<TaskSpec, SpecError> {
     let id = TaskId::new(entry.id.clone()).map_err(|err| SpecError::Task {
         task: format!("#{} ({:?})", position + 1, entry.id),
@@ -403,6 +452,22 @@ read_roi = { offset = [0, 0], shape = [3, 3] }
 write_roi = { offset = [1, 1], shape = [1, 1] }
 command = ["true"]
 "#;
+
+    #[test]
+    fn written_pipelines_parse_back_to_the_same_specs() {
+        let text =
+            format!("{MINIMAL}upstream = []\ncheck = [\"./done\", \"x y\"]\ntimeout = 1.5\n");
+        let tasks = parse_pipeline(&text).unwrap();
+        let written = pipeline_toml(&tasks, "unused");
+        assert_eq!(parse_pipeline(&written).unwrap(), tasks);
+        let mut closure = tasks[0].clone();
+        closure.process = None;
+        let with_placeholder = parse_pipeline(&pipeline_toml(&[closure], "rust closure")).unwrap();
+        assert_eq!(
+            with_placeholder[0].process,
+            Some(ProcessSpec::Command(vec!["rust closure".into()]))
+        );
+    }
 
     #[test]
     fn defaults_are_daisys() {

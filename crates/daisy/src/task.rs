@@ -16,8 +16,8 @@ use crate::in_process::{InProcessRun, ProcessorFactory, RunError, RunOptions};
 /// The error a process function may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-type ProcessFn = Arc<dyn Fn(&WorkBlock) -> Result<(), BoxError> + Send + Sync>;
-type CheckFn = Arc<dyn Fn(&WorkBlock) -> bool + Send + Sync>;
+pub(crate) type ProcessFn = Arc<dyn Fn(&WorkBlock) -> Result<(), BoxError> + Send + Sync>;
+pub(crate) type CheckFn = Arc<dyn Fn(&WorkBlock) -> bool + Send + Sync>;
 
 /// A task: the blocks to cut, and the Rust function that processes one.
 ///
@@ -61,6 +61,9 @@ pub enum TaskError {
     /// The run failed to run to its end.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The NATS runtime failed (connecting, the scheduler replica).
+    #[error("{0}")]
+    Nats(String),
     /// The async runtime could not start.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),
@@ -83,6 +86,11 @@ pub struct TaskBuilder {
 }
 
 impl Task {
+    /// The task's process and check functions.
+    pub(crate) fn functions(&self) -> (ProcessFn, Option<CheckFn>) {
+        (self.inner.process.clone(), self.inner.check.clone())
+    }
+
     /// Starts a task with Daisy's defaults (fit valid, conflicts on, one
     /// worker, two retries, a 10 minute timeout).
     pub fn builder(id: impl Into<String>) -> TaskBuilder {
@@ -210,9 +218,9 @@ impl TaskBuilder {
     }
 }
 
-struct ClosureProcessor {
-    process: ProcessFn,
-    check: Option<CheckFn>,
+pub(crate) struct ClosureProcessor {
+    pub(crate) process: ProcessFn,
+    pub(crate) check: Option<CheckFn>,
 }
 
 impl BlockProcessor for ClosureProcessor {
@@ -242,6 +250,8 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 pub struct Runner {
     options: RunOptions,
     cancel: CancellationToken,
+    nats: Option<String>,
+    run_id: Option<String>,
 }
 
 impl Runner {
@@ -260,6 +270,22 @@ impl Runner {
     /// Discards what an earlier run recorded in the resume dir.
     pub fn fresh(mut self, fresh: bool) -> Self {
         self.options.fresh = fresh;
+        self
+    }
+
+    /// Runs the tasks through NATS JetStream at `url` instead of in-process
+    /// channels: a scheduler replica and this process's worker slots talk
+    /// through the server, and the same binary started elsewhere with
+    /// [`Worker`](crate::Worker) joins in. The run resumes from its event
+    /// stream when started again.
+    pub fn nats(mut self, url: impl Into<String>) -> Self {
+        self.nats = Some(url.into());
+        self
+    }
+
+    /// Names the run on NATS (its streams). Default: the last task's id.
+    pub fn run_id(mut self, id: impl Into<String>) -> Self {
+        self.run_id = Some(id.into());
         self
     }
 
@@ -296,6 +322,12 @@ impl Runner {
         let tasks = with_upstream(tasks);
         let pipeline =
             Arc::new(Pipeline::new(tasks.iter().map(|t| t.inner.spec.clone()).collect())?);
+        if let Some(url) = self.nats.clone() {
+            let run_id = self.run_id.clone().unwrap_or_else(|| {
+                tasks.last().map(|t| t.id().to_string()).unwrap_or_else(|| "run".into())
+            });
+            return crate::nats::run_over_nats(&url, &run_id, pipeline, &tasks, self.cancel).await;
+        }
         let processors: Vec<(ProcessFn, Option<CheckFn>)> =
             tasks.iter().map(|t| (t.inner.process.clone(), t.inner.check.clone())).collect();
         let factory = move |task: TaskIndex, _slot: u32| -> Box<dyn BlockProcessor> {
@@ -309,7 +341,7 @@ impl Runner {
 }
 
 /// The tasks and every task upstream of them, each once, upstream first.
-fn with_upstream(tasks: impl IntoIterator<Item = Task>) -> Vec<Task> {
+pub(crate) fn with_upstream(tasks: impl IntoIterator<Item = Task>) -> Vec<Task> {
     fn visit(task: &Task, seen: &mut HashSet<*const TaskInner>, out: &mut Vec<Task>) {
         if !seen.insert(Arc::as_ptr(&task.inner)) {
             return;
