@@ -51,7 +51,7 @@ for mode in nditer vectorised; do
     for i in $(seq "$runs"); do
         (cd "$py" && python3 prepare.py > /dev/null)
         : > "$tmp/cpu"
-        wall "$daisy" run "$py/$pipeline" --no-progress --state-dir "$tmp/state-$mode-$i" --log-dir "$tmp/logs-$mode-$i" >> "$tmp/daisy"
+        wall "$daisy" run "$py/$pipeline" --in-process --no-progress --state-dir "$tmp/state-$mode-$i" --log-dir "$tmp/logs-$mode-$i" >> "$tmp/daisy"
         cat "$tmp/cpu" >> "$tmp/daisy_cpu"; : > "$tmp/cpu"
         grep -q '"ok": true' "$py/data/result.json" || { echo "reduce did not check out" >&2; exit 1; }
         wall python3 "$py/serial.py" $flag >> "$tmp/serial"
