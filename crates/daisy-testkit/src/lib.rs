@@ -80,10 +80,7 @@ impl TestNats {
         options.log_file = Some(dir.path().join("server.log"));
         configure(&mut options);
         let server = NatsServer::start(&options)?;
-        Ok(TestNats {
-            server,
-            dir: Some(dir),
-        })
+        Ok(TestNats { server, dir: Some(dir) })
     }
 
     /// The client URL; unchanged by restarts.
@@ -163,10 +160,7 @@ impl Drop for TestNats {
         }
         let keep = std::env::var_os(KEEP_TMP_ENV_VAR).is_some_and(|value| value == "1");
         if keep && let Some(dir) = self.dir.take() {
-            eprintln!(
-                "daisy-testkit: kept nats-server dir {}",
-                dir.keep().display()
-            );
+            eprintln!("daisy-testkit: kept nats-server dir {}", dir.keep().display());
         }
     }
 }
@@ -209,10 +203,7 @@ pub fn wait_until(
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(WaitTimeout {
-                what: what.to_owned(),
-                timeout,
-            });
+            return Err(WaitTimeout { what: what.to_owned(), timeout });
         }
         std::thread::sleep(interval.min(deadline - now));
     }
@@ -240,10 +231,7 @@ where
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(WaitTimeout {
-                what: what.to_owned(),
-                timeout,
-            });
+            return Err(WaitTimeout { what: what.to_owned(), timeout });
         }
         tokio::time::sleep(interval.min(deadline - now)).await;
     }

