@@ -371,7 +371,7 @@ impl RunStreams {
     ///
     /// # Errors
     /// [`BlockMessageError::Get`] if it is gone or the request failed.
-    #[instrument(level = "debug", skip_all, fields(run = %self.run, stream_sequence), err)]
+    #[instrument(level = "debug", skip_all, fields(run = %self.run, stream_sequence), err(level = "debug"))]
     pub async fn get_block_message(
         &self,
         stream_sequence: u64,

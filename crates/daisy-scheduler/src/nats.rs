@@ -142,6 +142,8 @@ pub async fn run_replica(
         nats: nats.clone(),
         run: run.clone(),
         pipeline: options.pipeline.clone(),
+        streams: streams.clone(),
+        next_sequence: replay.caught_up_at() + 1,
         replay,
         capacity,
         lease_lost: lease_lost.clone(),
@@ -493,10 +495,44 @@ struct NatsSchedulerTransport {
     nats: Nats,
     run: RunId,
     pipeline: Arc<Pipeline>,
+    streams: RunStreams,
     replay: daisy_nats::EventReplay,
+    /// The sequence of the first event not yet read: where a broken-off
+    /// replay starts again.
+    next_sequence: u64,
     capacity: Vec<usize>,
     lease_lost: CancellationToken,
     undecodable_events: u64,
+}
+
+impl NatsSchedulerTransport {
+    /// Follows the event stream again from the first unread event after the
+    /// replay broke off (the server restarted, the connection dropped): the
+    /// client gives up recreating its ordered consumer while the server is
+    /// down, and a run must outlive a server restart. Retries until it works
+    /// or the lease is lost.
+    async fn follow_again(&mut self, error: daisy_nats::ReplayError) -> Result<(), TransportError> {
+        warn!(error = %error, next_sequence = self.next_sequence, "event stream replay broke off: following it again");
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.lease_lost.is_cancelled() {
+                return Err(TransportError {
+                    what: "following the event stream",
+                    reason: error.to_string(),
+                });
+            }
+            match self.streams.replay_events(self.next_sequence).await {
+                Ok(replay) => {
+                    info!(next_sequence = self.next_sequence, "following the event stream again");
+                    self.replay = replay;
+                    return Ok(());
+                }
+                Err(err) => debug!(error = %err, "event stream not readable yet"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
 }
 
 impl SchedulerTransport for NatsSchedulerTransport {
@@ -524,10 +560,14 @@ impl SchedulerTransport for NatsSchedulerTransport {
     async fn next_report(&mut self) -> Result<Option<OutcomeReport>, TransportError> {
         loop {
             let Some(item) = self.replay.next().await else { return Ok(None) };
-            let (sequence, event) = item.map_err(|err| TransportError {
-                what: "following the event stream",
-                reason: err.to_string(),
-            })?;
+            let (sequence, event) = match item {
+                Ok(item) => item,
+                Err(error) => {
+                    self.follow_again(error).await?;
+                    continue;
+                }
+            };
+            self.next_sequence = sequence + 1;
             match event {
                 Ok(Event::Outcomes(report)) => return Ok(Some(report)),
                 Ok(_) => {}
