@@ -1,5 +1,6 @@
 //! Tests of the `daisy` binaries, run as a user runs them.
 
+mod faults;
 mod plan;
 mod run;
 mod util;
