@@ -194,6 +194,22 @@ pub enum Event {
         /// Why, for people.
         reason: String,
     },
+    /// An operator asked to re-drive the failed and orphaned blocks of a
+    /// finished run (`daisy retry`): a scheduler that rebuilds the run
+    /// ignores the failures recorded before this event (those blocks count
+    /// as never attempted); successes still count.
+    RetryRequested {
+        /// Milliseconds since the Unix epoch, from the requester's clock.
+        unix_ms: u64,
+    },
+    /// An operator asked to stop a running run (`daisy cancel`): the leader
+    /// stops dispatching as on Ctrl-C, workers finish their blocks in
+    /// flight and exit. The run stays resumable: a scheduler started later
+    /// ignores this event.
+    CancelRequested {
+        /// Milliseconds since the Unix epoch, from the requester's clock.
+        unix_ms: u64,
+    },
 }
 
 #[cfg(test)]

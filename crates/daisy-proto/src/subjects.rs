@@ -23,7 +23,7 @@
 //! | dead-letter consumer | `daisy-v1-dlq` |
 //! | KV buckets | `DAISY_<run>_META`, `DAISY_<run>_LEASE`, `DAISY_<run>_WORKERS` |
 //! | KV keys | `spec`, `status` (meta); `leader` (lease); `<worker id>` (workers) |
-//! | `Nats-Msg-Id` of a dispatch | `<run>/<task>/<index>/<attempt>/dispatch` |
+//! | `Nats-Msg-Id` of a dispatch | `<run>/<task>/<index>/<attempt>/dispatch[/<leader epoch>]` |
 //! | `Nats-Msg-Id` of an event | see [`MsgId::for_event`] |
 //!
 //! # Invariants
@@ -91,7 +91,7 @@ pub fn block_subjects(run: &RunId) -> String {
 /// Where an event belongs: to the whole run or to one task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventScope<'a> {
-    /// A run-level event (a run started).
+    /// A run-level event (a run started, a retry or cancel requested).
     Run,
     /// An event about one task (outcomes, a task abandoned).
     Task(&'a TaskId),
@@ -207,13 +207,33 @@ impl MsgId {
         MsgId(format!("{run}/{task}/{index}/{attempt}/dispatch"))
     }
 
+    /// The id of a dispatch by the leader of `epoch`:
+    /// `<run>/<task>/<index>/<attempt>/dispatch/<epoch>`.
+    ///
+    /// Why the epoch: a later leader may legitimately dispatch the same block at the same
+    /// attempt again within the duplicate window (after `daisy retry`, or a new `daisy run`
+    /// session, where failed blocks start over at attempt 1); without the epoch JetStream
+    /// would drop that dispatch as a duplicate and the block would never run. One leader never
+    /// dispatches the same (block, attempt) twice, so dedupe within an epoch is unchanged.
+    pub fn dispatch_of_epoch(
+        run: &RunId,
+        task: &TaskId,
+        index: u64,
+        attempt: u32,
+        epoch: u64,
+    ) -> MsgId {
+        MsgId(format!("{run}/{task}/{index}/{attempt}/dispatch/{epoch}"))
+    }
+
     /// The id of an event, derived from its content so that a retried publish of the same
     /// event gets the same id:
     /// * `RunStarted`: `<run>/run/started/<unix_ms>`;
     /// * `Outcomes`: `<run>/<task>/<first index>/<first attempt>/outcomes/<count>/<worker>`
     ///   (`-` for the index and attempt of an empty report). The worker is part of it, so two
     ///   workers that both finished a block (a late ack) are both recorded;
-    /// * `TaskAbandoned`: `<run>/<task>/abandoned`.
+    /// * `TaskAbandoned`: `<run>/<task>/abandoned`;
+    /// * `RetryRequested`: `<run>/run/retry/<unix_ms>`;
+    /// * `CancelRequested`: `<run>/run/cancel/<unix_ms>`.
     pub fn for_event(run: &RunId, event: &Event) -> MsgId {
         match event {
             Event::RunStarted { unix_ms, .. } => MsgId(format!("{run}/run/started/{unix_ms}")),
@@ -230,6 +250,8 @@ impl MsgId {
                 ))
             }
             Event::TaskAbandoned { task, .. } => MsgId(format!("{run}/{task}/abandoned")),
+            Event::RetryRequested { unix_ms } => MsgId(format!("{run}/run/retry/{unix_ms}")),
+            Event::CancelRequested { unix_ms } => MsgId(format!("{run}/run/cancel/{unix_ms}")),
         }
     }
 
@@ -363,5 +385,10 @@ mod tests {
         assert_eq!(MsgId::for_event(&run, &started).as_str(), "r/run/started/12");
         let abandoned = Event::TaskAbandoned { task: "t".into(), reason: "x".into() };
         assert_eq!(MsgId::for_event(&run, &abandoned).as_str(), "r/t/abandoned");
+        let retry = Event::RetryRequested { unix_ms: 7 };
+        assert_eq!(MsgId::for_event(&run, &retry).as_str(), "r/run/retry/7");
+        let cancel = Event::CancelRequested { unix_ms: 8 };
+        assert_eq!(MsgId::for_event(&run, &cancel).as_str(), "r/run/cancel/8");
+        assert_eq!(MsgId::dispatch_of_epoch(&run, &task, 3, 1, 9).as_str(), "r/t/3/1/dispatch/9");
     }
 }
