@@ -31,6 +31,10 @@ pub struct RunStatus {
     /// Per-task counters, in topological order (written by the leader every second).
     #[serde(default)]
     pub tasks: Vec<TaskStatus>,
+    /// `daisy cancel` stopped the run: workers finish their blocks in flight and exit. The
+    /// run is not finished; the next leader clears this and resumes it.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 /// One task's counters in a [`RunStatus`] (Daisy's names).

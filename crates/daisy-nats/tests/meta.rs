@@ -22,6 +22,7 @@ async fn spec_and_status_round_trip() -> TestResult {
         epoch: 7,
         updated_unix_ms: 1,
         tasks: Vec::new(),
+        cancelled: false,
     };
     f.streams.put_status(&status).await?;
     assert_eq!(f.streams.get_status().await?, Some(status));

@@ -9,7 +9,7 @@
 //!  slot: permit (--slots) ─► fetch 1 batch ─► process (heartbeat +WPI)
 //!        ─► publish Outcomes event (Nats-Msg-Id) ─► ack (or nak if stopped early)
 //!  liveness: a key in the workers bucket, refreshed every TTL/3
-//!  exit: when the run's status says finished (unless --forever)
+//!  exit: when the run's status says finished or cancelled (unless --forever)
 //! ```
 //!
 //! # Why record, then ack
@@ -243,7 +243,7 @@ async fn watch_finished(
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         if let Ok(Some(status)) = streams.get_status().await
-            && status.finished
+            && (status.finished || status.cancelled)
             && !forever
         {
             finished.store(true, Ordering::Relaxed);

@@ -151,8 +151,10 @@ async fn choose_run(
     loop {
         for run in nats.list_runs().await.context("listing runs")? {
             let Ok(streams) = nats.open_run(&run).await else { continue };
-            let finished =
-                matches!(streams.get_status().await, Ok(Some(status)) if status.finished);
+            let finished = matches!(
+                streams.get_status().await,
+                Ok(Some(status)) if status.finished || status.cancelled
+            );
             if !finished && matches!(streams.get_spec().await, Ok(Some(_))) {
                 return Ok(Some(run));
             }
