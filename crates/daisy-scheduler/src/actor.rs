@@ -379,16 +379,32 @@ impl<T: SchedulerTransport> RunScheduler<T> {
 }
 
 /// Rebuilds the state an earlier session (or leader) recorded.
+///
+/// In [`ReplayMode::Continue`], failed attempts recorded before the last
+/// [`Event::RetryRequested`] (`daisy retry`) are ignored: those blocks count
+/// as never attempted, so they (and the blocks they orphaned) run again with
+/// fresh retries. Successes before it still count.
 fn replay(pipeline: &Pipeline, core: &mut Scheduler, replayed: &ReplayedOutcomes) {
     let key_of = |task: &str, index: u64| {
         let task = pipeline.task_index(task)?;
         (index < pipeline.task(task).grid.num_blocks())
             .then_some(BlockKey { task, index: BlockIndex(index) })
     };
+    let retry_at = replayed
+        .events
+        .iter()
+        .rposition(|event| matches!(event, Event::RetryRequested { .. }))
+        .filter(|_| replayed.mode == ReplayMode::Continue);
     let mut applied = 0u64;
-    for event in &replayed.events {
+    let mut retried = 0u64;
+    for (position, event) in replayed.events.iter().enumerate() {
         let Event::Outcomes(report) = event else { continue };
+        let before_retry = retry_at.is_some_and(|retry_at| position < retry_at);
         for result in &report.results {
+            if before_retry && matches!(result.outcome, OutcomeKind::Failed { .. }) {
+                retried += 1;
+                continue;
+            }
             let Some(key) = key_of(&report.task, result.index) else {
                 warn!(task = %report.task, index = result.index, "recorded outcome for an unknown block ignored");
                 continue;
@@ -423,6 +439,12 @@ fn replay(pipeline: &Pipeline, core: &mut Scheduler, replayed: &ReplayedOutcomes
         {
             in_flight += 1;
         }
+    }
+    if retried > 0 {
+        info!(
+            failed_attempts = retried,
+            "retry requested: failures recorded before it are ignored"
+        );
     }
     if applied > 0 || in_flight > 0 {
         match replayed.mode {

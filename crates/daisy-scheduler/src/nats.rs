@@ -15,6 +15,12 @@
 //!     └─ status (KV) every second; finished at the end
 //! ```
 //!
+//! # Operator requests
+//! `daisy cancel` records [`Event::CancelRequested`]; the transport sees it in the live tail
+//! of the event stream and cancels the actor like Ctrl-C does (see
+//! `NatsSchedulerTransport::next_report`). `daisy retry` records [`Event::RetryRequested`],
+//! which only matters to the replay of the next leader (the actor's `replay`).
+//!
 //! # Task policy
 //! The renewal, status and dead-letter tasks are children of the replica:
 //! they end with it. Losing the lease ends the replica with
@@ -126,6 +132,7 @@ pub async fn run_replica(
     };
     let epoch = lease.epoch();
     info!(run = %run, epoch, holder = %options.holder.id, "leading the run");
+    clear_cancelled(&streams).await;
 
     let (events, replay) = replay_events(&streams).await?;
     let in_flight = queued_blocks(&streams).await?;
@@ -133,6 +140,8 @@ pub async fn run_replica(
 
     let lease_lost = CancellationToken::new();
     let stop = CancellationToken::new();
+    let actor_cancel = CancellationToken::new();
+    let cancel_requested = CancellationToken::new();
     let mut helpers = JoinSet::new();
     helpers.spawn(renew(lease, options.settings.lease_ttl, lease_lost.clone(), stop.clone()));
 
@@ -148,6 +157,8 @@ pub async fn run_replica(
         capacity,
         lease_lost: lease_lost.clone(),
         undecodable_events: 0,
+        actor_cancel: actor_cancel.clone(),
+        cancel_requested: cancel_requested.clone(),
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),
@@ -160,7 +171,13 @@ pub async fn run_replica(
     if let Some(on_leading) = options.on_leading.take() {
         on_leading(snapshots.clone());
     }
-    helpers.spawn(write_status(streams.clone(), snapshots, epoch, stop.clone()));
+    helpers.spawn(write_status(
+        streams.clone(),
+        snapshots,
+        epoch,
+        cancel_requested.clone(),
+        stop.clone(),
+    ));
     helpers.spawn(handle_dead_letters(
         nats.clone(),
         streams.clone(),
@@ -168,7 +185,6 @@ pub async fn run_replica(
         stop.clone(),
     ));
 
-    let actor_cancel = CancellationToken::new();
     {
         let (actor_cancel, cancel, lease_lost, stop) =
             (actor_cancel.clone(), cancel.clone(), lease_lost.clone(), stop.clone());
@@ -193,8 +209,14 @@ pub async fn run_replica(
         return Err(ReplicaError::LeaseLost { run, epoch });
     }
     let report = result?;
-    if report.finished && !report.interrupted {
-        let status = status_of(&report, epoch, true);
+    if cancel_requested.is_cancelled() {
+        let status = status_of(&report, epoch, false, true);
+        if let Err(err) = streams.put_status(&status).await {
+            warn!(run = %run, error = %err, "could not record that the run was cancelled");
+        }
+        info!(run = %run, "run cancelled: start a scheduler again to resume it");
+    } else if report.finished && !report.interrupted {
+        let status = status_of(&report, epoch, true, false);
         if let Err(err) = streams.put_status(&status).await {
             warn!(run = %run, error = %err, "could not record that the run finished");
         }
@@ -243,6 +265,21 @@ async fn check_spec(streams: &RunStreams, options: &ReplicaOptions) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Clears the mark `daisy cancel` left in the status, so that workers serve
+/// the run again now that a leader resumes it.
+async fn clear_cancelled(streams: &RunStreams) {
+    if let Ok(Some(mut status)) = streams.get_status().await
+        && status.cancelled
+    {
+        status.cancelled = false;
+        status.updated_unix_ms = unix_ms();
+        match streams.put_status(&status).await {
+            Ok(_) => info!(run = %streams.run(), "resuming a cancelled run"),
+            Err(err) => warn!(error = %err, "could not clear the cancel mark of the run status"),
+        }
+    }
 }
 
 /// Polls for the lease until it is ours (or the replica is cancelled).
@@ -344,7 +381,7 @@ async fn renew(
     }
 }
 
-fn status_of(snapshot: &RunSnapshot, epoch: u64, finished: bool) -> RunStatus {
+fn status_of(snapshot: &RunSnapshot, epoch: u64, finished: bool, cancelled: bool) -> RunStatus {
     let tasks = snapshot
         .tasks
         .iter()
@@ -376,6 +413,7 @@ fn status_of(snapshot: &RunSnapshot, epoch: u64, finished: bool) -> RunStatus {
         epoch,
         updated_unix_ms: unix_ms(),
         tasks,
+        cancelled,
     }
 }
 
@@ -390,6 +428,7 @@ async fn write_status(
     streams: RunStreams,
     mut snapshots: watch::Receiver<RunSnapshot>,
     epoch: u64,
+    cancel_requested: CancellationToken,
     stop: CancellationToken,
 ) -> HelperExit {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
@@ -398,7 +437,8 @@ async fn write_status(
             () = stop.cancelled() => return HelperExit::Done,
             _ = interval.tick() => {}
         }
-        let status = status_of(&snapshots.borrow_and_update(), epoch, false);
+        let cancelled = cancel_requested.is_cancelled();
+        let status = status_of(&snapshots.borrow_and_update(), epoch, false, cancelled);
         if let Err(err) = streams.put_status(&status).await {
             debug!(error = %err, "could not write the run status");
         }
@@ -503,6 +543,10 @@ struct NatsSchedulerTransport {
     capacity: Vec<usize>,
     lease_lost: CancellationToken,
     undecodable_events: u64,
+    /// The actor's cancellation (as on Ctrl-C); cancelled by a `CancelRequested` event.
+    actor_cancel: CancellationToken,
+    /// Cancelled once a `CancelRequested` event arrived.
+    cancel_requested: CancellationToken,
 }
 
 impl NatsSchedulerTransport {
@@ -549,7 +593,7 @@ impl SchedulerTransport for NatsSchedulerTransport {
         }
         let task_id: &TaskId = &self.pipeline.task(task).spec.id;
         let first = dispatch.blocks.first().map_or((0, 0), |b| (b.index, b.attempt));
-        let msg_id = MsgId::dispatch(&self.run, task_id, first.0, first.1);
+        let msg_id = MsgId::dispatch_of_epoch(&self.run, task_id, first.0, first.1, dispatch.epoch);
         self.nats
             .publish_dispatch(&self.run, task_id, &dispatch, &msg_id, None)
             .await
@@ -557,7 +601,22 @@ impl SchedulerTransport for NatsSchedulerTransport {
             .map_err(|err| TransportError { what: "dispatching blocks", reason: err.to_string() })
     }
 
+    /// The next outcomes from the live tail of the event stream; other events are skipped,
+    /// except [`Event::CancelRequested`] (`daisy cancel`).
+    ///
+    /// A cancel request is honoured like Ctrl-C, with no new trait method: it cancels the
+    /// actor's token (the actor stops dispatching and closes every task) and from then on this
+    /// returns `Ok(None)`, which a cancelled actor takes as "nothing more will report" and
+    /// stops at once instead of waiting for the blocks in flight. That is safe here because
+    /// workers record their outcomes in the event stream themselves: the blocks in flight
+    /// finish, their outcomes are recorded, and the next leader replays them. (Waiting would
+    /// also never end for batches still queued in the block stream, which the exiting workers
+    /// no longer fetch.) Only cancels that arrive in the live tail count: a cancel recorded
+    /// before this leader replayed the stream belongs to an earlier leader.
     async fn next_report(&mut self) -> Result<Option<OutcomeReport>, TransportError> {
+        if self.cancel_requested.is_cancelled() {
+            return Ok(None);
+        }
         loop {
             let Some(item) = self.replay.next().await else { return Ok(None) };
             let (sequence, event) = match item {
@@ -570,6 +629,19 @@ impl SchedulerTransport for NatsSchedulerTransport {
             self.next_sequence = sequence + 1;
             match event {
                 Ok(Event::Outcomes(report)) => return Ok(Some(report)),
+                Ok(Event::CancelRequested { unix_ms }) => {
+                    warn!(
+                        sequence,
+                        unix_ms,
+                        "cancel requested (daisy cancel): stopping the run; workers finish their blocks in flight"
+                    );
+                    self.cancel_requested.cancel();
+                    // Keep waiting: the actor's select wakes on its token and
+                    // takes the (biased, first) cancellation branch before it
+                    // asks again; returning `None` now would read as "every
+                    // worker gone" to an actor that is not yet cancelled.
+                    self.actor_cancel.cancel();
+                }
                 Ok(_) => {}
                 Err(err) => {
                     self.undecodable_events += 1;
