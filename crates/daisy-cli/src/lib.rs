@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod commands;
 mod input;
 mod nats_args;
+mod operator;
 mod processes;
 mod progress;
 mod rss;
@@ -32,6 +33,13 @@ Examples:
   daisy plan pipeline.toml --simulate      dry run of the real scheduler with instant blocks
   daisy run pipeline.toml                  process every block: progress, summary, resume
   daisy run pipeline.toml --json           ...with the final report as JSON on stdout
+  daisy status [RUN] --watch               a run's progress, leader and workers, from another shell
+  daisy runs                               the runs on the NATS server (--delete RUN deletes one)
+  daisy retry RUN                          re-drive the failed and orphaned blocks of a finished run
+  daisy cancel RUN                         stop a running run; a new scheduler resumes it
+
+status, runs, retry and cancel talk to --nats URL (default: $NATS_URL, then the embedded server
+of ./.daisy, which `daisy run` starts).
 
 Exit codes: 0 all blocks done, 1 some blocks failed (or the run was interrupted), 2 bad input.
 The pipeline file format is described in the README (\"The pipeline file\").";
@@ -51,6 +59,10 @@ struct Cli {
 enum Command {
     Plan(commands::plan::PlanArgs),
     Run(commands::run::RunArgs),
+    Status(commands::status::StatusArgs),
+    Runs(commands::runs::RunsArgs),
+    Retry(commands::retry::RetryArgs),
+    Cancel(commands::cancel::CancelArgs),
 }
 
 /// The `daisy` binary.
@@ -60,6 +72,10 @@ pub fn daisy_main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => commands::plan::run(args),
         Command::Run(args) => commands::run::run(args, logs),
+        Command::Status(args) => commands::status::run(args),
+        Command::Runs(args) => commands::runs::run(args),
+        Command::Retry(args) => commands::retry::run(args),
+        Command::Cancel(args) => commands::cancel::run(args),
     };
     exit_code(result)
 }

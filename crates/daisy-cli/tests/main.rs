@@ -1,6 +1,7 @@
 //! Tests of the `daisy` binaries, run as a user runs them.
 
 mod faults;
+mod ops;
 mod plan;
 mod run;
 mod util;

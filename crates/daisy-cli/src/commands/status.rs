@@ -1,0 +1,233 @@
+//! `daisy status`: where a run on NATS stands, from another shell.
+//!
+//! Reads what the leader writes to the run's KV status every second (per-task counters, the
+//! first errors), who holds the leader lease, and how many worker processes are live.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use crate::operator::{Leader, RunState, ServerArgs, print_json, runtime};
+
+const AFTER_HELP: &str = "\
+Examples:
+  daisy status                              the only run on the embedded server of ./.daisy
+  daisy status cells --nats nats://host:4222
+  daisy status cells --watch                redraw every second until the run finishes
+  daisy status cells --json                 one JSON object (one per second with --watch)
+
+The JSON schema is stable (see the README, \"Operating a run\"):
+  {\"run\", \"finished\", \"succeeded\", \"leader\": {\"id\", \"host\", \"pid\"} | null, \"workers\",
+   \"status_age_seconds\": f64 | null, \"tasks\": [{\"id\", \"total\", \"ready\", \"processing\",
+   \"completed\", \"skipped\", \"failed\", \"orphaned\", \"pending\", \"first_error\", \"abandoned\"}]}
+
+Exit codes: 0 status shown, 1 NATS could not be read, 2 bad input (unknown run, several runs
+and none named).";
+
+/// Show a run's progress: per-task counters, leader, live workers, first errors.
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct StatusArgs {
+    /// The run. Default: the only run on the server.
+    run: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Redraw every second until the run finishes (plain lines when stdout
+    /// is not a terminal).
+    #[arg(long)]
+    watch: bool,
+    /// Print the status as JSON (one object per line).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The stable JSON form of `daisy status --json`, one object per line:
+///
+/// ```text
+/// {"run": str, "finished": bool, "succeeded": bool,
+///  "leader": {"id": str, "host": str, "pid": u32} | null,
+///  "workers": u64, "status_age_seconds": f64 | null,
+///  "tasks": [{"id": str, "total": u64, "ready": u64, "processing": u64, "completed": u64,
+///             "skipped": u64, "failed": u64, "orphaned": u64, "pending": u64,
+///             "first_error": str | null, "abandoned": str | null}]}
+/// ```
+///
+/// * `finished`: every block has an outcome; `succeeded`: every block succeeded or was
+///   skipped (false until finished).
+/// * `leader`: the scheduler holding the run's lease, `null` when none runs.
+/// * `workers`: live `daisy-worker` processes (and `daisy run`s) serving the run.
+/// * `status_age_seconds`: since the leader last wrote the status (every second while it
+///   leads), by this machine's clock; `null` before any scheduler wrote one (`tasks` is
+///   empty then).
+/// * `tasks`, in topological order: `completed` includes `skipped`; `pending` blocks wait
+///   for upstream blocks; `orphaned` blocks will not run because an upstream block failed;
+///   `first_error` is `"block <id> attempt <n> (<kind>): <message>"`; `abandoned` says why a
+///   task was given up.
+///
+/// Fields may be added; none is removed or changes meaning.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    run: String,
+    finished: bool,
+    succeeded: bool,
+    leader: Option<Leader>,
+    workers: usize,
+    status_age_seconds: Option<f64>,
+    tasks: Vec<TaskJson>,
+}
+
+/// One task in [`StatusJson`].
+#[derive(Debug, Serialize)]
+struct TaskJson {
+    id: String,
+    total: u64,
+    ready: u64,
+    processing: u64,
+    completed: u64,
+    skipped: u64,
+    failed: u64,
+    orphaned: u64,
+    pending: u64,
+    first_error: Option<String>,
+    abandoned: Option<String>,
+}
+
+impl StatusJson {
+    fn of(state: &RunState) -> StatusJson {
+        let tasks = state
+            .status
+            .iter()
+            .flat_map(|status| &status.tasks)
+            .map(|t| TaskJson {
+                id: t.id.clone(),
+                total: t.total,
+                ready: t.ready,
+                processing: t.processing,
+                completed: t.completed,
+                skipped: t.skipped,
+                failed: t.failed,
+                orphaned: t.orphaned,
+                pending: t.pending,
+                first_error: t.first_error.clone(),
+                abandoned: t.abandoned.clone(),
+            })
+            .collect();
+        StatusJson {
+            run: state.run.to_string(),
+            finished: state.finished(),
+            succeeded: state.succeeded(),
+            leader: state.leader.clone(),
+            workers: state.workers,
+            status_age_seconds: state.status_age_seconds().map(|s| (s * 1000.0).round() / 1000.0),
+            tasks,
+        }
+    }
+}
+
+/// Runs `daisy status`.
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let session = args.server.connect("daisy status").await?;
+        let streams = session.open(args.run.as_deref()).await?;
+        let terminal = std::io::stdout().is_terminal();
+        let mut first = true;
+        loop {
+            let state = RunState::read(&streams).await?;
+            if args.json {
+                print_json(&StatusJson::of(&state))?;
+            } else {
+                let mut text = Vec::new();
+                if args.watch && terminal {
+                    // Clear the screen and go home: a redraw in place.
+                    text.extend_from_slice(b"\x1b[2J\x1b[H");
+                } else if args.watch && !first {
+                    text.push(b'\n');
+                }
+                write_text(&mut text, &state, &session.url).context("formatting the status")?;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&text).context("writing the status")?;
+                stdout.flush().context("writing the status")?;
+            }
+            first = false;
+            let over = state.finished() || (state.cancelled() && state.leader.is_none());
+            if !args.watch || over {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The human-readable status.
+fn write_text(out: &mut impl Write, state: &RunState, url: &str) -> std::io::Result<()> {
+    let age = state
+        .status_age_seconds()
+        .map_or("no status written yet".to_owned(), |age| format!("status {age:.1}s old"));
+    writeln!(out, "run {} on {url}: {} ({age})", state.run, state.state_word())?;
+    match &state.leader {
+        Some(leader) => writeln!(out, "leader:  {leader}")?,
+        None => writeln!(out, "leader:  none")?,
+    }
+    writeln!(out, "workers: {} live", state.workers)?;
+    let Some(status) = &state.status else {
+        return writeln!(out, "no scheduler has led this run yet");
+    };
+    let width = status.tasks.iter().map(|t| t.id.len()).max().unwrap_or(4).max(4);
+    writeln!(
+        out,
+        "\n{:<width$}  {:>9}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "task",
+        "total",
+        "ready",
+        "processing",
+        "completed",
+        "skipped",
+        "failed",
+        "orphaned",
+        "pending"
+    )?;
+    for t in &status.tasks {
+        writeln!(
+            out,
+            "{:<width$}  {:>9}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+            t.id,
+            t.total,
+            t.ready,
+            t.processing,
+            t.completed,
+            t.skipped,
+            t.failed,
+            t.orphaned,
+            t.pending
+        )?;
+    }
+    let errors: Vec<_> =
+        status.tasks.iter().filter(|t| t.first_error.is_some() || t.abandoned.is_some()).collect();
+    if !errors.is_empty() {
+        writeln!(out, "\nfirst errors:")?;
+        for t in errors {
+            if let Some(error) = &t.first_error {
+                // The header and the last line (of a traceback, of stderr).
+                let mut lines = error.lines().filter(|line| !line.trim().is_empty());
+                writeln!(out, "  {}: {}", t.id, lines.next().unwrap_or(""))?;
+                if let Some(last) = lines.next_back() {
+                    writeln!(out, "    ... {}", last.trim())?;
+                }
+            }
+            if let Some(reason) = &t.abandoned {
+                writeln!(out, "  {}: abandoned: {reason}", t.id)?;
+            }
+        }
+    }
+    if state.cancelled() {
+        writeln!(out, "\ncancelled with daisy cancel: start a scheduler again to resume it")?;
+    } else if state.finished() && !state.succeeded() {
+        writeln!(out, "\nre-run the failed and orphaned blocks with: daisy retry {}", state.run)?;
+    }
+    Ok(())
+}
