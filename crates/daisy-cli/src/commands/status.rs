@@ -20,7 +20,7 @@ Examples:
   daisy status cells --watch                redraw every second until the run finishes
   daisy status cells --json                 one JSON object (one per second with --watch)
 
-The JSON schema is stable (see the README, \"Operating a run\"):
+The JSON schema is stable (the README quotes it):
   {\"run\", \"finished\", \"succeeded\", \"leader\": {\"id\", \"host\", \"pid\"} | null, \"workers\",
    \"status_age_seconds\": f64 | null, \"tasks\": [{\"id\", \"total\", \"ready\", \"processing\",
    \"completed\", \"skipped\", \"failed\", \"orphaned\", \"pending\", \"first_error\", \"abandoned\"}]}
