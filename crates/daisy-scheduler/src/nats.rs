@@ -134,8 +134,12 @@ pub async fn run_replica(
     info!(run = %run, epoch, holder = %options.holder.id, "leading the run");
     clear_cancelled(&streams).await;
 
-    let (events, replay) = replay_events(&streams).await?;
+    // Queued blocks first, then the record: a block recorded (and acked)
+    // between the two reads then shows up as both, and its recorded
+    // outcome wins. The other order would lose it from both and dispatch
+    // it again.
     let in_flight = queued_blocks(&streams).await?;
+    let (events, replay) = replay_events(&streams).await?;
     info!(run = %run, events = events.len(), blocks_in_flight = in_flight.len(), "rebuilt the run from its record");
 
     let lease_lost = CancellationToken::new();

@@ -3,10 +3,10 @@
 //! records every outcome in the event stream before acking the batch.
 //!
 //! ```text
-//!  KV spec ──► pipeline ──► per task: BlockConsumer (AckWait = timeout,
-//!                                       MaxDeliver = max_retries + 1,
+//!  KV spec ──► pipeline ──► per task: BlockConsumer (AckWait = min(timeout, 30 s),
+//!                                       MaxDeliver = max(max_retries, 1) + 1,
 //!                                       MaxAckPending = max_workers)
-//!  slot: permit (--slots) ─► fetch 1 batch ─► process (heartbeat +WPI)
+//!  slot: fetch 1 batch ─► permit (--slots; heartbeats meanwhile) ─► process (heartbeat +WPI)
 //!        ─► publish Outcomes event (Nats-Msg-Id) ─► ack (or nak if stopped early)
 //!  liveness: a key in the workers bucket, refreshed every TTL/3
 //!  exit: when the run's status says finished or cancelled (unless --forever)
@@ -150,16 +150,20 @@ pub async fn run_nats_worker(
     let mut slots = JoinSet::new();
     for &task in &tasks {
         let spec = &pipeline.task(task).spec;
+        let ack_wait = spec.timeout.min(MAX_ACK_WAIT);
         let settings = ConsumerSettings {
-            ack_wait: spec.timeout,
-            max_deliver: i64::from(spec.max_retries) + 1,
+            ack_wait,
+            // A batch is redelivered at least once after its worker
+            // vanished, even with max_retries = 0.
+            max_deliver: i64::from(spec.max_retries.max(1)) + 1,
             max_ack_pending: i64::from(spec.max_workers),
         };
         let consumer = BlockConsumer::ensure(&streams, &spec.id, settings)
             .await
             .map_err(|e| nats_error("creating a block consumer", e))?;
-        let heartbeat = (spec.timeout / 3).clamp(Duration::from_millis(200), HEARTBEAT_INTERVAL);
-        for slot in 0..options.slots.max(1) {
+        let heartbeat = (ack_wait / 3).clamp(Duration::from_millis(200), HEARTBEAT_INTERVAL);
+        // More slots than the task may use at once would only sit idle.
+        for slot in 0..options.slots.max(1).min(spec.max_workers) {
             let transport = NatsWorkerTransport {
                 nats: nats.clone(),
                 streams: streams.clone(),
@@ -270,6 +274,16 @@ async fn keep_alive(streams: RunStreams, options: NatsWorkerOptions, stop: Cance
     }
 }
 
+/// How long a worker keeps trying to record outcomes while NATS is
+/// unreachable before it gives up (the batch is then redelivered).
+const RECORD_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The longest AckWait: a worker that vanished has its batch redelivered
+/// after this long at most, however long the task's timeout is. Workers
+/// heartbeat much more often, and the processor itself enforces the
+/// timeout, so a slow block is never redelivered while it runs.
+const MAX_ACK_WAIT: Duration = Duration::from_secs(30);
+
 struct CurrentBatch {
     acker: BlockAcker,
     blocks: usize,
@@ -294,12 +308,13 @@ impl WorkerTransport for NatsWorkerTransport {
             if self.finished.load(Ordering::Relaxed) {
                 return None;
             }
-            let Ok(permit) = self.permits.clone().acquire_owned().await else { return None };
+            // Fetch without a permit (an idle task's slots must not hold
+            // the permits others need), then wait for a permit while
+            // keeping the batch alive with heartbeats.
             let mut received = match self.consumer.fetch(1, Duration::from_millis(500)).await {
                 Ok(received) => received,
                 Err(err) => {
                     warn!(task = %self.task_id, error = %err, "fetching blocks failed");
-                    drop(permit);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -310,6 +325,16 @@ impl WorkerTransport for NatsWorkerTransport {
                     if message.delivered > 1 {
                         warn!(task = %self.task_id, delivery = message.delivered, blocks = dispatch.blocks.len(), "batch redelivered: its last worker vanished");
                     }
+                    let mut heartbeat = tokio::time::interval(self.heartbeat);
+                    heartbeat.tick().await;
+                    let permit = loop {
+                        tokio::select! {
+                            permit = self.permits.clone().acquire_owned() => break permit.ok()?,
+                            _ = heartbeat.tick() => {
+                                let _ = message.acker.progress().await;
+                            }
+                        }
+                    };
                     self.current = Some(CurrentBatch {
                         acker: message.acker,
                         blocks: dispatch.blocks.len(),
@@ -330,13 +355,30 @@ impl WorkerTransport for NatsWorkerTransport {
         let complete = self.current.as_ref().is_some_and(|c| c.blocks == report.results.len());
         let event = Event::Outcomes(report);
         let msg_id = MsgId::for_event(&self.run, &event);
-        self.nats
-            .publish_event(&self.run, EventScope::Task(&self.task_id), &event, &msg_id, None)
-            .await
-            .map_err(|err| WorkerTransportError {
-                what: "recording outcomes",
-                reason: err.to_string(),
-            })?;
+        // The outcome must be recorded before the batch is acked; while the
+        // server is unreachable (restarting), keep trying for a while.
+        let mut delay = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+        loop {
+            match self
+                .nats
+                .publish_event(&self.run, EventScope::Task(&self.task_id), &event, &msg_id, None)
+                .await
+            {
+                Ok(_) => break,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    warn!(task = %self.task_id, error = %err, "recording outcomes failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => {
+                    return Err(WorkerTransportError {
+                        what: "recording outcomes",
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        }
         if let Some(current) = self.current.take() {
             let acked =
                 if complete { current.acker.ack().await } else { current.acker.nak(None).await };
