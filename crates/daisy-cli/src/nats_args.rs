@@ -86,24 +86,3 @@ impl NatsArgs {
             .map_err(|err| anyhow::anyhow!("cannot connect to NATS at {url}: {err}"))
     }
 }
-
-/// A name for this process usable in worker ids and liveness keys:
-/// `<host>-<pid>` with every character outside `[A-Za-z0-9_-]` as `-`.
-pub fn process_name() -> (String, String) {
-    let host = hostname();
-    let clean: String = host
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
-        .take(48)
-        .collect();
-    (host, format!("{clean}-{}", std::process::id()))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".to_owned())
-}

@@ -207,9 +207,7 @@ impl RunState {
 
 /// Milliseconds since the Unix epoch by this machine's clock.
 pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    daisy_scheduler::unix_ms_now()
 }
 
 /// Writes one JSON value and a newline to stdout.

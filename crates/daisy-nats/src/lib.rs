@@ -57,6 +57,7 @@ mod blocks;
 mod connect;
 mod dlq;
 mod events;
+mod identity;
 mod lease;
 mod meta;
 mod provision;
@@ -72,6 +73,7 @@ pub use blocks::{
 pub use connect::{ConnectError, ConnectOptions, FlushError, Nats, connect};
 pub use dlq::{DeadLetter, DeadLetters};
 pub use events::{EventReplay, ReplayError, ReplayedEvent};
+pub use identity::process_identity;
 pub use lease::{
     AcquireError, HolderError, Lease, LeaseHolder, LeaseLost, LeaseRecord, ReleaseError,
     current_holder,

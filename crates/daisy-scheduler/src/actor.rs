@@ -35,7 +35,7 @@ impl Default for SchedulerConfig {
             max_batch: 1024,
             snapshot_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
-            unix_ms: || 0,
+            unix_ms: crate::unix_ms_now,
         }
     }
 }

@@ -72,6 +72,23 @@ pub struct ReplicaOptions {
     pub on_leading: Option<Box<dyn FnOnce(watch::Receiver<RunSnapshot>) + Send>>,
 }
 
+/// An `on_leading` callback that copies the leader's snapshots into `to`
+/// (a progress display or status writer that outlives one leadership).
+pub fn forward_snapshots(
+    to: watch::Sender<RunSnapshot>,
+) -> Box<dyn FnOnce(watch::Receiver<RunSnapshot>) + Send> {
+    Box::new(move |mut from: watch::Receiver<RunSnapshot>| {
+        tokio::spawn(async move {
+            loop {
+                to.send_replace(from.borrow_and_update().clone());
+                if from.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    })
+}
+
 /// Why a replica stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -278,7 +295,7 @@ async fn clear_cancelled(streams: &RunStreams) {
         && status.cancelled
     {
         status.cancelled = false;
-        status.updated_unix_ms = unix_ms();
+        status.updated_unix_ms = crate::unix_ms_now();
         match streams.put_status(&status).await {
             Ok(_) => info!(run = %streams.run(), "resuming a cancelled run"),
             Err(err) => warn!(error = %err, "could not clear the cancel mark of the run status"),
@@ -415,17 +432,10 @@ fn status_of(snapshot: &RunSnapshot, epoch: u64, finished: bool, cancelled: bool
         finished,
         succeeded: snapshot.all_succeeded(),
         epoch,
-        updated_unix_ms: unix_ms(),
+        updated_unix_ms: crate::unix_ms_now(),
         tasks,
         cancelled,
     }
-}
-
-#[allow(clippy::disallowed_methods)]
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn write_status(

@@ -36,24 +36,6 @@ fn run_id(id: &str) -> Result<RunId, TaskError> {
     })
 }
 
-fn identity() -> (String, String) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    let clean: String = host
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '-' })
-        .take(48)
-        .collect();
-    (host, format!("{clean}-{}", std::process::id()))
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A processor for a task this binary has no closure for.
 struct Missing(String);
 
@@ -100,7 +82,7 @@ pub(crate) async fn run_over_nats(
         .map_err(|e| nats_error("connecting to NATS")(&e))?;
     let specs: Vec<_> = pipeline.tasks().iter().map(|t| t.spec.clone()).collect();
     let spec_toml = pipeline_toml(&specs, CLOSURE_PLACEHOLDER);
-    let (host, name) = identity();
+    let (host, name) = daisy_nats::process_identity();
     let slots = pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
     let worker_cancel = CancellationToken::new();
     let workers = tokio::spawn(run_nats_worker(
@@ -124,7 +106,7 @@ pub(crate) async fn run_over_nats(
             pipeline: pipeline.clone(),
             settings: RunSettings { lease_ttl: Duration::from_secs(5), ..RunSettings::default() },
             holder: LeaseHolder { id: name.clone(), host: host.clone(), pid: std::process::id() },
-            scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+            scheduler: SchedulerConfig::default(),
             replay_mode: ReplayMode::Resume,
             on_leading: None,
         };
@@ -184,7 +166,7 @@ impl Worker {
         let nats = daisy_nats::connect(&ConnectOptions::new(self.url.clone()))
             .await
             .map_err(|e| nats_error("connecting to NATS")(&e))?;
-        let (host, name) = identity();
+        let (host, name) = daisy_nats::process_identity();
         run_nats_worker(
             nats,
             NatsWorkerOptions {

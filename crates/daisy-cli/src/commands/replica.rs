@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::input::{BadInput, load_pipeline};
-use crate::nats_args::{NatsArgs, process_name};
+use crate::nats_args::NatsArgs;
 use crate::progress::{Progress, ProgressMode, follow};
 use crate::summary::{RunPlaces, write_json, write_text};
 
@@ -89,7 +89,7 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
         .context("starting the async runtime")?;
     let report = runtime.block_on(async {
         let nats = cli.nats.connect(url.clone(), "daisy-scheduler").await?;
-        let (host, name) = process_name();
+        let (host, name) = daisy_nats::process_identity();
         let cancel = CancellationToken::new();
         let run_over = CancellationToken::new();
         let interrupts = tokio::spawn(crate::commands::run::watch_interrupts(
@@ -119,18 +119,9 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
                     host: host.clone(),
                     pid: std::process::id(),
                 },
-                scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+                scheduler: SchedulerConfig::default(),
                 replay_mode: daisy_scheduler::ReplayMode::Continue,
-                on_leading: Some(Box::new(move |mut receiver: watch::Receiver<RunSnapshot>| {
-                    tokio::spawn(async move {
-                        loop {
-                            forward.send_replace(receiver.borrow_and_update().clone());
-                            if receiver.changed().await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                })),
+                on_leading: Some(daisy_scheduler::nats::forward_snapshots(forward)),
             };
             match run_replica(nats.clone(), options, cancel.clone()).await {
                 Ok(report) => break Ok(report),
@@ -167,10 +158,4 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
     .context("writing the summary")?;
     stdout.flush().context("writing the summary")?;
     Ok(if report.all_succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

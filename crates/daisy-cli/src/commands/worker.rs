@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::input::BadInput;
-use crate::nats_args::{NatsArgs, process_name};
+use crate::nats_args::NatsArgs;
 use crate::processes::{ChildEnvironment, install_python_helper, python_path, task_processes};
 
 const AFTER_HELP: &str = "\
@@ -99,7 +99,7 @@ fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         let nats = cli.nats.connect(url.clone(), "daisy-worker").await?;
         let cancel = CancellationToken::new();
         let signals = tokio::spawn(stop_on_signal(cancel.clone()));
-        let (host, name) = process_name();
+        let (host, name) = daisy_nats::process_identity();
         loop {
             let Some(run) = choose_run(&nats, cli.run.as_deref(), &cancel).await? else { break };
             let workdir = workdir.clone();

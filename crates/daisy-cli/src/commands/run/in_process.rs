@@ -2,8 +2,6 @@
 //! `max_workers` of each task in this process, outcomes recorded in the
 //! journal `<state-dir>/<run-id>/journal`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use daisy::in_process::{InProcessRun, RunError, RunOptions};
 use daisy::journal::JournalError;
 use daisy_core::TaskIndex;
@@ -14,11 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::RunContext;
 use crate::input::BadInput;
-
-/// Milliseconds since the epoch, for the timestamps in the journal.
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// A run whose journal is open and locked.
 pub(crate) struct Prepared {
@@ -31,7 +24,7 @@ pub(super) fn prepare(context: &RunContext) -> anyhow::Result<Prepared> {
     let options = RunOptions {
         run_dir: Some(context.run_dir.clone()),
         fresh: context.fresh,
-        scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+        scheduler: SchedulerConfig::default(),
     };
     let run =
         InProcessRun::prepare(context.pipeline.clone(), options).map_err(|err| match err {

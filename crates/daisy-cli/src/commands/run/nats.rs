@@ -22,7 +22,7 @@ use tracing::warn;
 
 use super::RunContext;
 use crate::input::BadInput;
-use crate::nats_args::{EMBEDDED_URL_FILE, process_name};
+use crate::nats_args::EMBEDDED_URL_FILE;
 
 /// Where the run's NATS server is.
 pub(crate) enum Server {
@@ -121,7 +121,7 @@ impl Prepared {
         cancel: CancellationToken,
     ) -> anyhow::Result<RunReport> {
         let Prepared { nats, server, snapshots, .. } = self;
-        let (host, name) = process_name();
+        let (host, name) = daisy_nats::process_identity();
         let make_replica = || {
             let forward = snapshots.clone();
             ReplicaOptions {
@@ -137,18 +137,9 @@ impl Prepared {
                     host: host.clone(),
                     pid: std::process::id(),
                 },
-                scheduler: SchedulerConfig { unix_ms, ..SchedulerConfig::default() },
+                scheduler: SchedulerConfig::default(),
                 replay_mode: daisy_scheduler::ReplayMode::Resume,
-                on_leading: Some(Box::new(move |mut receiver: watch::Receiver<RunSnapshot>| {
-                    tokio::spawn(async move {
-                        loop {
-                            forward.send_replace(receiver.borrow_and_update().clone());
-                            if receiver.changed().await.is_err() {
-                                break;
-                            }
-                        }
-                    });
-                })),
+                on_leading: Some(daisy_scheduler::nats::forward_snapshots(forward)),
             }
         };
         let slots: u32 = context.pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
@@ -253,10 +244,4 @@ fn stop_orphaned_server(nats_dir: &std::path::Path) {
             return;
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
