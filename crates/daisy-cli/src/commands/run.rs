@@ -367,6 +367,7 @@ pub(crate) async fn watch_interrupts(
 }
 
 fn quit_at_once(logs: &LogOutput) -> ! {
+    nats::kill_embedded_server();
     logs.note(
         "daisy: interrupted again: quitting now; blocks in flight are not recorded and run again \
          next time",

@@ -70,6 +70,7 @@ pub(super) async fn prepare(
             let url = server.url().to_owned();
             if let Some(pid) = server.pid() {
                 let _ = std::fs::write(nats_dir.join(PID_FILE), pid.to_string());
+                let _ = EMBEDDED_SERVER_PID.set(pid);
             }
             std::fs::write(state_dir.join(EMBEDDED_URL_FILE), &url).with_context(|| {
                 format!("writing {}", state_dir.join(EMBEDDED_URL_FILE).display())
@@ -198,6 +199,17 @@ impl Prepared {
 
 /// The embedded server's pid, to stop it if a killed run left it behind.
 const PID_FILE: &str = "pid";
+
+/// The embedded server of this process, for [`kill_embedded_server`].
+static EMBEDDED_SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Kills this process's embedded nats-server at once (a second Ctrl-C):
+/// it runs in its own process group, so it would outlive us otherwise.
+pub(crate) fn kill_embedded_server() {
+    if let Some(pid) = EMBEDDED_SERVER_PID.get() {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+}
 
 /// Takes the embedded server's lock: one `daisy run` per state dir.
 fn lock_embedded_server(nats_dir: &std::path::Path) -> Result<std::fs::File, BadInput> {
