@@ -63,6 +63,7 @@ mod meta;
 mod provision;
 mod publish;
 pub mod server;
+pub mod trace;
 
 /// Message headers, passed through on publish and handed out on receipt (`traceparent`).
 pub use async_nats::HeaderMap;

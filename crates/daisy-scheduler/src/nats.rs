@@ -608,8 +608,12 @@ impl SchedulerTransport for NatsSchedulerTransport {
         let task_id: &TaskId = &self.pipeline.task(task).spec.id;
         let first = dispatch.blocks.first().map_or((0, 0), |b| (b.index, b.attempt));
         let msg_id = MsgId::dispatch_of_epoch(&self.run, task_id, first.0, first.1, dispatch.epoch);
+        // One trace per dispatched batch; the worker's outcome event joins it.
+        let traceparent = daisy_nats::trace::new_traceparent();
+        debug!(task = %task_id, blocks = dispatch.blocks.len(), %traceparent, "dispatching batch");
+        let headers = daisy_nats::trace::traceparent_headers(&traceparent);
         self.nats
-            .publish_dispatch(&self.run, task_id, &dispatch, &msg_id, None)
+            .publish_dispatch(&self.run, task_id, &dispatch, &msg_id, Some(headers))
             .await
             .map(|_| ())
             .map_err(|err| TransportError { what: "dispatching blocks", reason: err.to_string() })

@@ -285,6 +285,8 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 const MAX_ACK_WAIT: Duration = Duration::from_secs(30);
 
 struct CurrentBatch {
+    /// The dispatch's trace context; the outcome event continues the trace.
+    traceparent: Option<String>,
     acker: BlockAcker,
     blocks: usize,
     _permit: OwnedSemaphorePermit,
@@ -335,7 +337,10 @@ impl WorkerTransport for NatsWorkerTransport {
                             }
                         }
                     };
+                    let traceparent = daisy_nats::trace::traceparent_of(message.headers.as_ref());
+                    debug!(task = %self.task_id, blocks = dispatch.blocks.len(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
                     self.current = Some(CurrentBatch {
+                        traceparent,
                         acker: message.acker,
                         blocks: dispatch.blocks.len(),
                         _permit: permit,
@@ -355,6 +360,9 @@ impl WorkerTransport for NatsWorkerTransport {
         let complete = self.current.as_ref().is_some_and(|c| c.blocks == report.results.len());
         let event = Event::Outcomes(report);
         let msg_id = MsgId::for_event(&self.run, &event);
+        let headers = self.current.as_ref().and_then(|c| c.traceparent.as_deref()).map(|parent| {
+            daisy_nats::trace::traceparent_headers(&daisy_nats::trace::child_traceparent(parent))
+        });
         // The outcome must be recorded before the batch is acked; while the
         // server is unreachable (restarting), keep trying for a while.
         let mut delay = Duration::from_millis(100);
@@ -362,7 +370,13 @@ impl WorkerTransport for NatsWorkerTransport {
         loop {
             match self
                 .nats
-                .publish_event(&self.run, EventScope::Task(&self.task_id), &event, &msg_id, None)
+                .publish_event(
+                    &self.run,
+                    EventScope::Task(&self.task_id),
+                    &event,
+                    &msg_id,
+                    headers.clone(),
+                )
                 .await
             {
                 Ok(_) => break,
