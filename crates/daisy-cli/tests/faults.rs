@@ -595,9 +595,11 @@ fn a_poison_block_fails_after_its_deliveries_its_dependents_are_orphaned_and_the
     let start_worker = || Proc::spawn("worker", setup.worker("r").env("POISON", "up:2"));
     let mut workers: Vec<Proc> = (0..2).map(|_| start_worker()).collect();
     let mut started = 2;
+    let mut worker_logs = String::new();
     wait_until("the scheduler to exit, restarting dead workers", RUN_DEADLINE, || {
         for worker in &mut workers {
             if worker.exited() && !scheduler.exited() {
+                worker_logs += &(worker.stderr() + "\n");
                 *worker = start_worker();
                 started += 1;
             }
@@ -605,6 +607,18 @@ fn a_poison_block_fails_after_its_deliveries_its_dependents_are_orphaned_and_the
         scheduler.exited()
     });
     assert_eq!(scheduler.wait(RUN_DEADLINE), Some(1), "{}", scheduler.stderr());
+    for worker in &mut workers {
+        worker.wait(RUN_DEADLINE);
+        worker_logs += &(worker.stderr() + "\n");
+    }
+    // A worker holds a block only while a slot is free to run it, so the
+    // deaths are charged to the poison block alone, never to a `down` block
+    // that waited in the dying worker for its one slot.
+    let innocent_redeliveries: Vec<&str> = worker_logs
+        .lines()
+        .filter(|line| line.contains("batch redelivered") && line.contains("task=down"))
+        .collect();
+    assert!(innocent_redeliveries.is_empty(), "{innocent_redeliveries:#?}");
     let report = scheduler.json();
     assert_eq!(counts(&report, "up"), [6, 5, 0, 1, 0]);
     assert_eq!(counts(&report, "down"), [6, 5, 0, 0, 1]);

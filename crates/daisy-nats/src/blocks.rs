@@ -288,7 +288,7 @@ impl BlockConsumer {
         expires: Duration,
     ) -> Result<Vec<ReceivedDispatch>, ConsumerError> {
         let fetch_error = |source| ConsumerError::Fetch { consumer: self.name.clone(), source };
-        let mut batch = self
+        let batch = self
             .consumer
             .batch()
             .max_messages(max)
@@ -296,6 +296,27 @@ impl BlockConsumer {
             .messages()
             .await
             .map_err(fetch_error)?;
+        self.collect(batch, max).await
+    }
+
+    /// Pulls up to `max` deliveries that are available right now, without
+    /// waiting for more to arrive (JetStream's `no_wait` pull).
+    ///
+    /// # Errors
+    /// [`ConsumerError::Fetch`] if the pull failed (connection, consumer deleted).
+    #[instrument(level = "debug", skip_all, fields(consumer = %self.name, max), err)]
+    pub async fn fetch_now(&self, max: usize) -> Result<Vec<ReceivedDispatch>, ConsumerError> {
+        let fetch_error = |source| ConsumerError::Fetch { consumer: self.name.clone(), source };
+        let batch =
+            self.consumer.fetch().max_messages(max).messages().await.map_err(fetch_error)?;
+        self.collect(batch, max).await
+    }
+
+    async fn collect(
+        &self,
+        mut batch: pull::Batch,
+        max: usize,
+    ) -> Result<Vec<ReceivedDispatch>, ConsumerError> {
         let mut received = Vec::with_capacity(max);
         while let Some(message) = batch.next().await {
             let message = message

@@ -6,11 +6,20 @@
 //!  KV spec ──► pipeline ──► per task: BlockConsumer (AckWait = min(timeout, 30 s),
 //!                                       MaxDeliver = max(max_retries, 1) + 1,
 //!                                       MaxAckPending = max_workers)
-//!  slot: fetch 1 batch ─► permit (--slots; heartbeats meanwhile) ─► process (heartbeat +WPI)
+//!  slot: permit (--slots) ─► fetch 1 batch ─► process (heartbeat +WPI)
 //!        ─► publish Outcomes event (Nats-Msg-Id) ─► ack (or nak if stopped early)
 //!  liveness: a key in the workers bucket, refreshed every TTL/3
 //!  exit: when the run's status says finished or cancelled (unless --forever)
 //! ```
+//!
+//! # Why a permit before the fetch
+//! A worker holds a block only while a slot is free to run it. A block that
+//! waited in a killed worker for a slot would be charged a delivery it never
+//! ran; three such deaths (say, next to a poison block that kills its
+//! workers) would fail an innocent block as poison. The slots of the tasks a
+//! worker serves share its `--slots` permits: a slot long-polls for work
+//! while no other slot waits for a permit, and only peeks (JetStream's
+//! `no_wait` pull), then backs off without the permit, while one does.
 //!
 //! # Why record, then ack
 //! The event stream is the run's record. Acking first and crashing before
@@ -19,7 +28,7 @@
 //! (it drops them as stale).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use daisy_core::{Pipeline, TaskIndex, parse_pipeline};
@@ -146,7 +155,7 @@ pub async fn run_nats_worker(
     ));
     background.spawn(keep_alive(streams.clone(), options.clone(), stop.clone()));
 
-    let permits = Arc::new(Semaphore::new(options.slots.max(1) as usize));
+    let permits = Arc::new(SlotPermits::new(options.slots.max(1) as usize));
     let mut slots = JoinSet::new();
     for &task in &tasks {
         let spec = &pipeline.task(task).spec;
@@ -284,6 +293,47 @@ const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 /// timeout, so a slow block is never redelivered while it runs.
 const MAX_ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a slot waits for work while no other slot wants its permit.
+const LONG_POLL: Duration = Duration::from_millis(500);
+
+/// The longest pause of a slot whose task had no work while others wanted
+/// the permits.
+const MAX_IDLE_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The worker's `--slots`, shared by the slots of every task it serves.
+struct SlotPermits {
+    semaphore: Arc<Semaphore>,
+    /// Task slots waiting for a permit right now.
+    waiting: AtomicUsize,
+}
+
+/// Counts a slot as waiting for as long as it exists (also when the wait is
+/// cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl SlotPermits {
+    fn new(slots: usize) -> Self {
+        SlotPermits { semaphore: Arc::new(Semaphore::new(slots)), waiting: AtomicUsize::new(0) }
+    }
+
+    async fn acquire(&self) -> Option<OwnedSemaphorePermit> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting);
+        self.semaphore.clone().acquire_owned().await.ok()
+    }
+
+    /// Whether another slot is waiting for a permit.
+    fn contended(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+}
+
 struct CurrentBatch {
     /// The dispatch's trace context; the outcome event continues the trace.
     traceparent: Option<String>,
@@ -298,7 +348,7 @@ struct NatsWorkerTransport {
     run: RunId,
     task_id: daisy_core::TaskId,
     consumer: BlockConsumer,
-    permits: Arc<Semaphore>,
+    permits: Arc<SlotPermits>,
     finished: Arc<AtomicBool>,
     current: Option<CurrentBatch>,
     heartbeat: Duration,
@@ -306,37 +356,45 @@ struct NatsWorkerTransport {
 
 impl WorkerTransport for NatsWorkerTransport {
     async fn next_dispatch(&mut self) -> Option<Dispatch> {
+        let mut backoff = Duration::ZERO;
         loop {
             if self.finished.load(Ordering::Relaxed) {
                 return None;
             }
-            // Fetch without a permit (an idle task's slots must not hold
-            // the permits others need), then wait for a permit while
-            // keeping the batch alive with heartbeats.
-            let mut received = match self.consumer.fetch(1, Duration::from_millis(500)).await {
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+            // The permit first: see "Why a permit before the fetch".
+            let permit = self.permits.acquire().await?;
+            let contended = self.permits.contended();
+            let fetched = if contended {
+                self.consumer.fetch_now(1).await
+            } else {
+                self.consumer.fetch(1, LONG_POLL).await
+            };
+            let mut received = match fetched {
                 Ok(received) => received,
                 Err(err) => {
                     warn!(task = %self.task_id, error = %err, "fetching blocks failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    drop(permit);
+                    backoff = Duration::from_millis(500);
                     continue;
                 }
             };
-            let Some(message) = received.pop() else { continue };
+            let Some(message) = received.pop() else {
+                backoff = if contended {
+                    (backoff * 2).clamp(Duration::from_millis(10), MAX_IDLE_BACKOFF)
+                } else {
+                    Duration::ZERO
+                };
+                continue;
+            };
+            backoff = Duration::ZERO;
             match message.dispatch {
                 Ok(dispatch) => {
                     if message.delivered > 1 {
                         warn!(task = %self.task_id, delivery = message.delivered, blocks = dispatch.blocks.len(), "batch redelivered: its last worker vanished");
                     }
-                    let mut heartbeat = tokio::time::interval(self.heartbeat);
-                    heartbeat.tick().await;
-                    let permit = loop {
-                        tokio::select! {
-                            permit = self.permits.clone().acquire_owned() => break permit.ok()?,
-                            _ = heartbeat.tick() => {
-                                let _ = message.acker.progress().await;
-                            }
-                        }
-                    };
                     let traceparent = daisy_nats::trace::traceparent_of(message.headers.as_ref());
                     debug!(task = %self.task_id, blocks = dispatch.blocks.len(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
                     self.current = Some(CurrentBatch {
