@@ -22,6 +22,7 @@ fn outcome(index: u64) -> Event {
             seconds: 0.1,
         }],
         worker_restarts: 0,
+        epoch: 1,
     })
 }
 

@@ -37,6 +37,7 @@
 //!         seconds: 600.0,
 //!     }],
 //!     worker_restarts: 0,
+//!     epoch: 1,
 //! });
 //! let bytes = encode(&event);
 //! assert_eq!(decode::<Event>(&bytes).unwrap(), event);

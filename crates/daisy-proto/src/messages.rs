@@ -171,6 +171,11 @@ pub struct OutcomeReport {
     pub results: Vec<BlockResult>,
     /// Worker process restarts in this slot since its last report.
     pub worker_restarts: u32,
+    /// The epoch of the dispatch the blocks came in (see [`Dispatch::epoch`]). A block
+    /// run again after `daisy retry` comes with a newer epoch, so its outcome is a new
+    /// event even from the same worker with the same attempt number.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// What is recorded about a run, in order: the journal of an in-process

@@ -228,9 +228,10 @@ impl MsgId {
     /// The id of an event, derived from its content so that a retried publish of the same
     /// event gets the same id:
     /// * `RunStarted`: `<run>/run/started/<unix_ms>`;
-    /// * `Outcomes`: `<run>/<task>/<first index>/<first attempt>/outcomes/<count>/<worker>`
+    /// * `Outcomes`: `<run>/<task>/<first index>/<first attempt>/outcomes/<count>/<worker>/<epoch>`
     ///   (`-` for the index and attempt of an empty report). The worker is part of it, so two
-    ///   workers that both finished a block (a late ack) are both recorded;
+    ///   workers that both finished a block (a late ack) are both recorded; the dispatch epoch
+    ///   too, so a block retried by `daisy retry` on the same worker is recorded again;
     /// * `TaskAbandoned`: `<run>/<task>/abandoned`;
     /// * `RetryRequested`: `<run>/run/retry/<unix_ms>`;
     /// * `CancelRequested`: `<run>/run/cancel/<unix_ms>`.
@@ -243,10 +244,11 @@ impl MsgId {
                     None => ("-".to_owned(), "-".to_owned()),
                 };
                 MsgId(format!(
-                    "{run}/{task}/{index}/{attempt}/outcomes/{count}/{worker}",
+                    "{run}/{task}/{index}/{attempt}/outcomes/{count}/{worker}/{epoch}",
                     task = report.task,
                     count = report.results.len(),
                     worker = report.worker,
+                    epoch = report.epoch,
                 ))
             }
             Event::TaskAbandoned { task, .. } => MsgId(format!("{run}/{task}/abandoned")),
@@ -379,8 +381,9 @@ mod tests {
                 seconds: 0.5,
             }],
             worker_restarts: 0,
+            epoch: 3,
         });
-        assert_eq!(MsgId::for_event(&run, &outcomes).as_str(), "r/t/5/1/outcomes/1/w-1");
+        assert_eq!(MsgId::for_event(&run, &outcomes).as_str(), "r/t/5/1/outcomes/1/w-1/3");
         let started = Event::RunStarted { layout_hash: "h".into(), unix_ms: 12 };
         assert_eq!(MsgId::for_event(&run, &started).as_str(), "r/run/started/12");
         let abandoned = Event::TaskAbandoned { task: "t".into(), reason: "x".into() };

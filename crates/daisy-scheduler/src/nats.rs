@@ -533,6 +533,7 @@ async fn record_exhausted(
             })
             .collect(),
         worker_restarts: 0,
+        epoch: dispatch.epoch,
     };
     let event = Event::Outcomes(report);
     let task_id = &pipeline.task(task).spec.id;

@@ -298,6 +298,7 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                 worker: worker_id.clone(),
                 results,
                 worker_restarts: u32::try_from(restarts - reported_restarts).unwrap_or(u32::MAX),
+                epoch: dispatch.epoch,
             };
             reported_restarts = restarts;
             transport.report(report).await?;
