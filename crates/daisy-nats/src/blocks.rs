@@ -117,9 +117,20 @@ pub struct AckError {
     pub source: async_nats::Error,
 }
 
-/// Why a block message could not be read or deleted by sequence.
+/// Why block messages could not be read or deleted.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockMessageError {
+    /// The queued messages of a task could not be purged.
+    #[error("could not purge the block messages of task {task} from stream {stream}")]
+    Purge {
+        /// The stream.
+        stream: String,
+        /// The task.
+        task: String,
+        /// What JetStream said.
+        #[source]
+        source: async_nats::jetstream::stream::PurgeError,
+    },
     /// The message could not be read (it was acked or deleted already, or the request failed).
     #[error("could not read block message {stream_sequence} of stream {stream}")]
     Get {
@@ -453,11 +464,24 @@ impl RunStreams {
         }
     }
 
-    /// How many block messages the stream holds (queued, in flight, or dead and not yet
-    /// deleted).
+    /// Removes every block message of `task` from the stream, queued or delivered: the
+    /// blocks of an abandoned task must not run. Returns how many were removed.
     ///
     /// # Errors
-    /// [`StreamInfoError`] if the stream info request failed.
+    /// [`BlockMessageError::Purge`] if the request failed.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run, task = %task), err)]
+    pub async fn purge_task_blocks(&self, task: &TaskId) -> Result<u64, BlockMessageError> {
+        let subject = subjects::block_subject(&self.run, task);
+        let purged = self.blocks.purge().filter(subject).await.map_err(|source| {
+            BlockMessageError::Purge {
+                stream: subjects::block_stream(&self.run),
+                task: task.to_string(),
+                source,
+            }
+        })?;
+        Ok(purged.purged)
+    }
+
     /// The first and last sequence of the messages in the block stream
     /// (`None` when it is empty): a scheduler taking over reads what is
     /// still queued between them.

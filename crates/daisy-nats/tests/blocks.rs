@@ -198,3 +198,48 @@ async fn publish_and_fetch_rates() -> TestResult {
     assert_eq!(f.streams.block_message_count().await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn fetch_now_answers_at_once_with_what_is_queued() -> TestResult {
+    let f = fixture().await?;
+    let smooth = task("smooth");
+    let consumer = BlockConsumer::ensure(&f.streams, &smooth, ConsumerSettings::default()).await?;
+    let asked = Instant::now();
+    assert!(consumer.fetch_now(1).await?.is_empty());
+    assert!(asked.elapsed() < Duration::from_secs(2), "no_wait: {:?}", asked.elapsed());
+
+    let sent = dispatch(&smooth, 0, 2);
+    let msg_id = MsgId::dispatch(&f.run, &smooth, 0, 1);
+    f.nats.publish_dispatch(&f.run, &smooth, &sent, &msg_id, None).await?;
+    let mut received = consumer.fetch_now(5).await?;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received.remove(0).dispatch, Ok(sent));
+    Ok(())
+}
+
+#[tokio::test]
+async fn purging_a_task_removes_its_queued_and_delivered_batches_only() -> TestResult {
+    let f = fixture().await?;
+    let (doomed, other) = (task("doomed"), task("other"));
+    for first in 0..3 {
+        let msg_id = MsgId::dispatch(&f.run, &doomed, first, 1);
+        f.nats
+            .publish_dispatch(&f.run, &doomed, &dispatch(&doomed, first, 1), &msg_id, None)
+            .await?;
+    }
+    let kept = dispatch(&other, 0, 1);
+    let msg_id = MsgId::dispatch(&f.run, &other, 0, 1);
+    f.nats.publish_dispatch(&f.run, &other, &kept, &msg_id, None).await?;
+    // One batch is in a worker's hands when the task is given up.
+    let consumer = BlockConsumer::ensure(&f.streams, &doomed, short_ack_wait()).await?;
+    let held = consumer.fetch(1, Duration::from_secs(2)).await?;
+    assert_eq!(held.len(), 1);
+
+    assert_eq!(f.streams.purge_task_blocks(&doomed).await?, 3);
+    assert_eq!(f.streams.block_message_count().await?, 1);
+    assert!(consumer.fetch(1, SHORT_ACK_WAIT * 2).await?.is_empty(), "nothing is redelivered");
+    let others = BlockConsumer::ensure(&f.streams, &other, ConsumerSettings::default()).await?;
+    let mut received = others.fetch(1, Duration::from_secs(2)).await?;
+    assert_eq!(received.remove(0).dispatch, Ok(kept));
+    Ok(())
+}

@@ -303,7 +303,13 @@ async fn clear_cancelled(streams: &RunStreams) {
     }
 }
 
-/// Polls for the lease until it is ours (or the replica is cancelled).
+/// Whether `daisy cancel` marked the run's status (an unreadable status reads as not).
+async fn is_cancelled(streams: &RunStreams) -> bool {
+    matches!(streams.get_status().await, Ok(Some(status)) if status.cancelled)
+}
+
+/// Polls for the lease until it is ours (or the replica is cancelled, or the run is
+/// cancelled while it stands by).
 async fn stand_by(
     streams: &RunStreams,
     options: &ReplicaOptions,
@@ -311,9 +317,29 @@ async fn stand_by(
 ) -> Result<Option<Lease>, ReplicaError> {
     let poll = (options.settings.lease_ttl / 4).max(Duration::from_millis(100));
     let mut announced = false;
+    // A replica started to resume a cancelled run leads it; one that saw the
+    // run going and then cancelled (`daisy cancel`) stops with its leader.
+    let mut saw_it_going = false;
     loop {
+        let cancelled = is_cancelled(streams).await;
+        if cancelled && saw_it_going {
+            info!(run = %options.run, "the run was cancelled while standing by: stopping too; start a scheduler again to resume it");
+            return Ok(None);
+        }
+        saw_it_going |= !cancelled;
         match Lease::try_acquire(streams, options.holder.clone()).await {
-            Ok(lease) => return Ok(Some(lease)),
+            Ok(lease) => {
+                // The leader may have been cancelled, marked the run and released the lease
+                // between the read above and this acquisition.
+                if saw_it_going && is_cancelled(streams).await {
+                    info!(run = %options.run, "the run was cancelled while standing by: stopping too; start a scheduler again to resume it");
+                    if let Err(err) = lease.release().await {
+                        debug!(error = %err, "could not release the lease (it will lapse)");
+                    }
+                    return Ok(None);
+                }
+                return Ok(Some(lease));
+            }
             Err(AcquireError::Held { holder }) => {
                 if !announced {
                     let leader = holder.map_or("unknown".to_owned(), |h| {
@@ -679,11 +705,24 @@ impl SchedulerTransport for NatsSchedulerTransport {
             _ => EventScope::Run,
         };
         let msg_id = MsgId::for_event(&self.run, event);
-        self.nats
-            .publish_event(&self.run, scope, event, &msg_id, None)
-            .await
-            .map(|_| ())
-            .map_err(|err| TransportError { what: "recording an event", reason: err.to_string() })
+        self.nats.publish_event(&self.run, scope, event, &msg_id, None).await.map_err(|err| {
+            TransportError { what: "recording an event", reason: err.to_string() }
+        })?;
+        if let Event::TaskAbandoned { task, .. } = event
+            && let Some(index) = self.pipeline.task_index(task)
+        {
+            // Its batches still queued must not run (their outcomes would be ignored).
+            let id = &self.pipeline.task(index).spec.id;
+            match self.streams.purge_task_blocks(id).await {
+                Ok(purged) => {
+                    info!(task = %id, batches = purged, "queued batches of the abandoned task removed")
+                }
+                Err(err) => {
+                    warn!(task = %id, error = %err, "could not remove the abandoned task's queued batches; workers may still run them")
+                }
+            }
+        }
+        Ok(())
     }
 
     fn batch_capacity(&self, task: TaskIndex) -> usize {

@@ -23,8 +23,8 @@ Examples:
   daisy-scheduler --nats nats://host:4222 pipeline.toml --run-id cells
       resumes the run later
 
-Scheduler replicas standing by when the leader stops take over and go on with the run:
-stop them as well (Ctrl-C) to stop the run for good.
+Scheduler replicas standing by stop with the leader. Starting a scheduler again later
+resumes the run.
 
 Exit codes: 0 cancel recorded, 1 NATS failed, 2 the run is finished (or unknown).";
 
