@@ -172,14 +172,18 @@ impl RunState {
     /// (completed, total) blocks over all tasks.
     pub fn blocks(&self) -> (u64, u64) {
         self.status.as_ref().map_or((0, 0), |s| {
-            s.tasks.iter().fold((0, 0), |(done, total), t| (done + t.completed, total + t.total))
+            s.tasks.iter().fold((0, 0), |(done, total), t| {
+                (done + t.counters.completed, total + t.counters.total)
+            })
         })
     }
 
     /// (failed, orphaned) blocks over all tasks.
     pub fn failed_and_orphaned(&self) -> (u64, u64) {
         self.status.as_ref().map_or((0, 0), |s| {
-            s.tasks.iter().fold((0, 0), |(f, o), t| (f + t.failed, o + t.orphaned))
+            s.tasks
+                .iter()
+                .fold((0, 0), |(f, o), t| (f + t.counters.failed, o + t.counters.orphaned))
         })
     }
 

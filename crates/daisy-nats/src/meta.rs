@@ -9,6 +9,7 @@
 //! workers is then one `keys()` call, and a worker that died simply ages out.
 
 use async_nats::jetstream::kv;
+use daisy_core::TaskCounters;
 use daisy_proto::WorkerId;
 use daisy_proto::subjects::{self, InvalidWorkerKey};
 use futures::TryStreamExt;
@@ -42,21 +43,12 @@ pub struct RunStatus {
 pub struct TaskStatus {
     /// The task id.
     pub id: String,
-    /// Blocks in the task.
-    pub total: u64,
-    /// Blocks ready to run.
-    pub ready: u64,
-    /// Blocks being processed.
-    pub processing: u64,
-    /// Blocks that succeeded or were skipped.
-    pub completed: u64,
-    /// Blocks skipped (a check or an earlier session said they were done).
-    pub skipped: u64,
-    /// Blocks that failed for good.
-    pub failed: u64,
-    /// Blocks never run because an upstream block failed.
-    pub orphaned: u64,
-    /// Blocks waiting for upstream blocks.
+    /// Daisy's counters, inline: `total`, `ready`, `processing`, `completed`, `skipped`,
+    /// `failed`, `orphaned`.
+    #[serde(flatten)]
+    pub counters: TaskCounters,
+    /// Blocks waiting for upstream blocks ([`TaskCounters::pending`], written out for
+    /// readers of the JSON).
     pub pending: u64,
     /// The first failure: block id, kind and message.
     #[serde(default)]

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use daisy_nats::{MetaError, RunSettings, RunStatus, WorkerInfo};
+use daisy_core::TaskCounters;
+use daisy_nats::{MetaError, RunSettings, RunStatus, TaskStatus, WorkerInfo};
 use daisy_proto::WorkerId;
 use daisy_testkit::wait_until_async;
 
@@ -21,9 +22,22 @@ async fn spec_and_status_round_trip() -> TestResult {
         succeeded: false,
         epoch: 7,
         updated_unix_ms: 1,
-        tasks: Vec::new(),
+        tasks: vec![TaskStatus {
+            id: "smooth".into(),
+            counters: TaskCounters { total: 10, completed: 4, skipped: 1, ..Default::default() },
+            pending: 6,
+            first_error: None,
+            abandoned: Some("workers kept dying".into()),
+        }],
         cancelled: false,
     };
+    // The counters are flat in the JSON (`daisy status --json` shows the same).
+    let json = serde_json::to_value(&status.tasks[0])?;
+    assert_eq!(
+        (&json["total"], &json["skipped"], &json["pending"]),
+        (&10.into(), &1.into(), &6.into())
+    );
+    assert!(json.get("counters").is_none(), "{json}");
     f.streams.put_status(&status).await?;
     assert_eq!(f.streams.get_status().await?, Some(status));
     // Another process opens the same run and sees it.

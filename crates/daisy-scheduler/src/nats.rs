@@ -436,13 +436,7 @@ fn status_of(snapshot: &RunSnapshot, epoch: u64, finished: bool, cancelled: bool
             let c = task.counters;
             TaskStatus {
                 id: task.id.clone(),
-                total: c.total,
-                ready: c.ready,
-                processing: c.processing,
-                completed: c.completed,
-                skipped: c.skipped,
-                failed: c.failed,
-                orphaned: c.orphaned,
+                counters: c,
                 pending: c.pending(),
                 first_error: task.first_error.as_ref().map(|e| {
                     format!(

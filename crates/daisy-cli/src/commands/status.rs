@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use daisy_nats::TaskStatus;
 use serde::Serialize;
 
 use crate::operator::{Leader, RunState, ServerArgs, print_json, runtime};
@@ -77,45 +78,12 @@ pub struct StatusJson {
     leader: Option<Leader>,
     workers: usize,
     status_age_seconds: Option<f64>,
-    tasks: Vec<TaskJson>,
-}
-
-/// One task in [`StatusJson`].
-#[derive(Debug, Serialize)]
-struct TaskJson {
-    id: String,
-    total: u64,
-    ready: u64,
-    processing: u64,
-    completed: u64,
-    skipped: u64,
-    failed: u64,
-    orphaned: u64,
-    pending: u64,
-    first_error: Option<String>,
-    abandoned: Option<String>,
+    tasks: Vec<TaskStatus>,
 }
 
 impl StatusJson {
     fn of(state: &RunState) -> StatusJson {
-        let tasks = state
-            .status
-            .iter()
-            .flat_map(|status| &status.tasks)
-            .map(|t| TaskJson {
-                id: t.id.clone(),
-                total: t.total,
-                ready: t.ready,
-                processing: t.processing,
-                completed: t.completed,
-                skipped: t.skipped,
-                failed: t.failed,
-                orphaned: t.orphaned,
-                pending: t.pending,
-                first_error: t.first_error.clone(),
-                abandoned: t.abandoned.clone(),
-            })
-            .collect();
+        let tasks = state.status.iter().flat_map(|status| &status.tasks).cloned().collect();
         StatusJson {
             run: state.run.to_string(),
             finished: state.finished(),
@@ -196,13 +164,13 @@ fn write_text(out: &mut impl Write, state: &RunState, url: &str) -> std::io::Res
             out,
             "{:<width$}  {:>9}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
             t.id,
-            t.total,
-            t.ready,
-            t.processing,
-            t.completed,
-            t.skipped,
-            t.failed,
-            t.orphaned,
+            t.counters.total,
+            t.counters.ready,
+            t.counters.processing,
+            t.counters.completed,
+            t.counters.skipped,
+            t.counters.failed,
+            t.counters.orphaned,
             t.pending
         )?;
     }
