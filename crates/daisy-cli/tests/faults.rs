@@ -1,382 +1,25 @@
 //! Fault injection over NATS JetStream (issue 5, item 7): a real `nats-server` per test
 //! (daisy-testkit), real `daisy-scheduler` and `daisy-worker` processes, SIGKILLs mid-run.
 //!
-//! Every block runs [`BLOCK_SH`], which appends `<task> <block_id> <attempt> <worker pid>`
-//! to the file named by `$ATTEMPTS` when an attempt starts: "ran once", "redelivered" and
-//! "ran again" are counted there, on the processor's side. What the run recorded is read
-//! back from its event stream with `daisy-nats`.
-//!
-//! Waiting is always on an event under a deadline (a log line, a file, a stream, an exit),
-//! never a fixed sleep (STYLE §2.7). Every child is killed when its [`Proc`] guard drops,
-//! also when a test fails (its stderr tail is printed then); the server goes with its
-//! `TestNats`.
+//! The harness is `util`'s: every block runs its `block.sh`, which records each attempt with
+//! the pid of the daisy-worker that ran it, so "ran once", "redelivered" and "ran again" are
+//! counted on the processor's side. What the run recorded is read back from its event stream
+//! with `daisy-nats`. Every child is killed when its [`Proc`] guard drops, also when a test
+//! fails (its stderr tail is printed then); the server goes with its `TestNats`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use daisy_nats::{ConnectOptions, Nats, RunSettings};
+use daisy_nats::RunSettings;
 use daisy_proto::subjects::{self, EventScope, MsgId};
-use daisy_proto::{BlockWork, Dispatch, Event, OutcomeKind, OutcomeReport, RunId};
-use daisy_testkit::TestNats;
-use futures::StreamExt;
-use serde_json::Value;
-use tempfile::TempDir;
+use daisy_proto::{BlockWork, Dispatch, Event, RunId};
 
-/// One attempt of a block: records itself, then dies (`POISON=task:id,..` kills its own
-/// daisy-worker) or sleeps `$SLEEP` seconds (so that a kill lands mid-run).
-const BLOCK_SH: &str = r#"
-attempt=$(printf '%s' "$DAISY_BLOCK" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
-echo "$DAISY_TASK_ID $DAISY_BLOCK_ID $attempt $PPID" >> "$ATTEMPTS"
-case ",$POISON," in *",$DAISY_TASK_ID:$DAISY_BLOCK_ID,"*) kill -9 "$PPID"; exit 1;; esac
-sleep "${SLEEP:-0}"
-"#;
-
-/// How long a whole run may take on a loaded 2-core machine.
-const RUN_DEADLINE: Duration = Duration::from_secs(60);
-/// How often deadline-bounded waits poll.
-const POLL: Duration = Duration::from_millis(25);
-
-/// A test's server, directory (pipeline, script, attempts files, logs) and async runtime.
-struct Setup {
-    nats: TestNats,
-    dir: TempDir,
-    runtime: tokio::runtime::Runtime,
-    client: Nats,
-}
-
-impl Setup {
-    /// Starts the server and writes `block.sh`.
-    fn new() -> Setup {
-        let nats = TestNats::start().expect("nats-server starts");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(nats.wait_ready(Duration::from_secs(20))).expect("jetstream is ready");
-        let client = runtime
-            .block_on(daisy_nats::connect(&ConnectOptions::new(nats.url())))
-            .expect("the test connects");
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("block.sh"), BLOCK_SH).unwrap();
-        Setup { nats, dir, runtime, client }
-    }
-
-    /// Writes `pipeline.toml`.
-    fn pipeline(&self, text: &str) {
-        std::fs::write(self.pipeline_file(), text).unwrap();
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn pipeline_file(&self) -> PathBuf {
-        self.path("pipeline.toml")
-    }
-
-    /// A 1-D task of `blocks` blocks of 10 without context (block ids are grid indices)
-    /// that runs `block.sh`; `extra` adds keys.
-    fn task(&self, id: &str, blocks: u64, extra: &str) -> String {
-        task(self.dir.path(), id, blocks, extra)
-    }
-
-    /// `daisy-scheduler` of `run` on the pipeline, with a 2 s lease and a JSON summary.
-    fn scheduler(&self, run: &str) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_daisy-scheduler"));
-        command
-            .arg("--nats")
-            .arg(self.nats.url())
-            .arg(self.pipeline_file())
-            .args(["--run-id", run, "--lease-ttl", "2s", "--json", "--no-progress"])
-            .env_remove("RUST_LOG")
-            .current_dir(self.dir.path());
-        command
-    }
-
-    /// `daisy-worker` of `run` with one slot, recording attempts into `attempts-<run>`.
-    fn worker(&self, run: &str) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_daisy-worker"));
-        command
-            .arg("--nats")
-            .arg(self.nats.url())
-            .args(["--run", run, "--slots", "1"])
-            .arg("--log-dir")
-            .arg(self.path("logs"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .env("ATTEMPTS", self.attempts_file(run))
-            .env_remove("RUST_LOG")
-            .current_dir(self.dir.path());
-        command
-    }
-
-    fn attempts_file(&self, run: &str) -> PathBuf {
-        self.path(&format!("attempts-{run}"))
-    }
-
-    /// The attempts of `run`'s blocks, per (task, block id), in the order they started.
-    fn attempts(&self, run: &str) -> BTreeMap<(String, u64), Vec<Attempt>> {
-        let text = std::fs::read_to_string(self.attempts_file(run)).unwrap_or_default();
-        let mut attempts: BTreeMap<(String, u64), Vec<Attempt>> = BTreeMap::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(fields.len(), 4, "attempt line {line:?}");
-            attempts.entry((fields[0].to_owned(), fields[1].parse().unwrap())).or_default().push(
-                Attempt { attempt: fields[2].parse().unwrap(), pid: fields[3].parse().unwrap() },
-            );
-        }
-        attempts
-    }
-
-    fn attempt_lines(&self, run: &str) -> usize {
-        std::fs::read_to_string(self.attempts_file(run)).unwrap_or_default().lines().count()
-    }
-
-    /// Every outcome report recorded in `run`'s event stream so far.
-    fn recorded_reports(&self, run: &str) -> Vec<OutcomeReport> {
-        let run = RunId::new(run).unwrap();
-        self.runtime.block_on(async {
-            let Ok(streams) = self.client.open_run(&run).await else { return Vec::new() };
-            let mut replay = streams.replay_events(1).await.expect("replay starts");
-            let end = replay.caught_up_at();
-            let mut reports = Vec::new();
-            if end == 0 {
-                return reports;
-            }
-            loop {
-                let next = tokio::time::timeout(Duration::from_secs(10), replay.next()).await;
-                let (sequence, event) =
-                    next.expect("replay delivers").expect("replay goes on").expect("replays");
-                if let Ok(Event::Outcomes(report)) = event {
-                    reports.push(report);
-                }
-                if sequence >= end {
-                    break;
-                }
-            }
-            reports
-        })
-    }
-
-    /// The blocks (task, index) `run`'s event stream records as succeeded or skipped.
-    fn recorded_done(&self, run: &str) -> BTreeSet<(String, u64)> {
-        let mut done = BTreeSet::new();
-        for report in self.recorded_reports(run) {
-            for result in report.results {
-                if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
-                    done.insert((report.task.clone(), result.index));
-                }
-            }
-        }
-        done
-    }
-
-    /// Messages left in `run`'s block stream.
-    fn block_message_count(&self, run: &str) -> u64 {
-        let run = RunId::new(run).unwrap();
-        self.runtime.block_on(async {
-            let streams = self.client.open_run(&run).await.expect("the run exists");
-            streams.block_message_count().await.expect("the block stream answers")
-        })
-    }
-}
-
-/// A 1-D task of `blocks` blocks of 10 without context, running `<dir>/block.sh`.
-fn task(dir: &Path, id: &str, blocks: u64, extra: &str) -> String {
-    format!(
-        "[[task]]\nid = \"{id}\"\ntotal_roi = {{ offset = [0], shape = [{}] }}\n\
-         read_roi = {{ offset = [0], shape = [10] }}\nwrite_roi = {{ offset = [0], shape = [10] }}\n\
-         read_write_conflict = false\ncommand = [\"sh\", \"{}\"]\n{extra}\n",
-        blocks * 10,
-        dir.join("block.sh").display()
-    )
-}
-
-/// One line of an attempts file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Attempt {
-    /// The attempt number the scheduler gave the block.
-    attempt: u32,
-    /// The daisy-worker that ran it.
-    pid: u32,
-}
-
-/// A child process, SIGKILLed when dropped; its output is collected as it comes, each
-/// stderr line with the time it arrived.
-struct Proc {
-    name: String,
-    child: Child,
-    status: Option<ExitStatus>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<(Instant, String)>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, command: &mut Command) -> Proc {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("{name} starts: {err}"));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut out = child.stdout.take().unwrap();
-        let sink = stdout.clone();
-        let out_reader = std::thread::spawn(move || {
-            let mut buffer = Vec::new();
-            let _ = out.read_to_end(&mut buffer);
-            sink.lock().unwrap().extend(buffer);
-        });
-        let err = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let err_reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push((Instant::now(), line));
-            }
-        });
-        Proc {
-            name: name.to_owned(),
-            child,
-            status: None,
-            stdout,
-            stderr,
-            readers: vec![out_reader, err_reader],
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, as a crash or the OOM killer would.
-    fn kill(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            self.status = Some(self.child.wait().unwrap());
-        }
-    }
-
-    /// Whether it has exited (reaping it if so).
-    fn exited(&mut self) -> bool {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().unwrap();
-        }
-        self.status.is_some()
-    }
-
-    /// Waits for the exit, up to `timeout`; returns the exit code (`None`: a signal).
-    fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while !self.exited() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            );
-            std::thread::sleep(POLL);
-        }
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-        self.status.unwrap().code()
-    }
-
-    fn stderr(&self) -> String {
-        let lines = self.stderr.lock().unwrap();
-        lines.iter().map(|(_, line)| line.as_str()).collect::<Vec<_>>().join("\n")
-    }
-
-    /// When a stderr line containing `needle` first arrived.
-    fn line_time(&self, needle: &str) -> Option<Instant> {
-        let lines = self.stderr.lock().unwrap();
-        lines.iter().find(|(_, line)| line.contains(needle)).map(|(at, _)| *at)
-    }
-
-    /// Waits for a stderr line containing `needle`; returns when it arrived.
-    fn wait_line(&mut self, needle: &str, timeout: Duration) -> Instant {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(at) = self.line_time(needle) {
-                return at;
-            }
-            assert!(
-                Instant::now() < deadline && !self.exited(),
-                "{} logged no {needle:?} within {timeout:?}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-
-    /// The `--json` summary on stdout (after [`Proc::wait`]).
-    fn json(&self) -> Value {
-        let stdout = self.stdout.lock().unwrap();
-        serde_json::from_slice(&stdout).unwrap_or_else(|err| {
-            panic!(
-                "{} --json output: {err}\nstdout:\n{}\nstderr:\n{}",
-                self.name,
-                String::from_utf8_lossy(&stdout),
-                self.stderr()
-            )
-        })
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let lines = self.stderr.lock().unwrap();
-            let tail: Vec<&str> =
-                lines.iter().rev().take(40).rev().map(|(_, line)| line.as_str()).collect();
-            eprintln!(
-                "--- {} (pid {}), last stderr lines:\n{}",
-                self.name,
-                self.pid(),
-                tail.join("\n")
-            );
-        }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, predicate: impl FnMut() -> bool) {
-    daisy_testkit::wait_until(timeout, POLL, what, predicate).unwrap_or_else(|err| panic!("{err}"));
-}
-
-/// Counters of a task in a `--json` summary: blocks, completed, skipped, failed, orphaned.
-fn counts(report: &Value, task: &str) -> [u64; 5] {
-    let task = report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == task).unwrap();
-    ["blocks", "completed", "skipped", "failed", "orphaned"].map(|key| task[key].as_u64().unwrap())
-}
-
-/// Asserts that every block of `tasks` (id, blocks) ran exactly once.
-fn assert_each_ran_once(attempts: &BTreeMap<(String, u64), Vec<Attempt>>, tasks: &[(&str, u64)]) {
-    let expected: usize = tasks.iter().map(|(_, blocks)| *blocks as usize).sum();
-    assert_eq!(attempts.len(), expected, "every block ran: {attempts:?}");
-    for (task, blocks) in tasks {
-        for index in 0..*blocks {
-            let runs = attempts.get(&((*task).to_owned(), index));
-            assert_eq!(runs.map(Vec::len), Some(1), "{task} {index} ran once: {runs:?}");
-        }
-    }
-}
+use crate::util::{Proc, RUN_DEADLINE, Setup, assert_each_ran_once, counts, wait_until};
 
 #[test]
 fn a_worker_killed_mid_block_has_its_block_redelivered_and_the_run_completes() {
     let setup = Setup::new();
-    setup.pipeline(&setup.task("t", 8, "max_workers = 2\ntimeout = \"3s\""));
+    setup.pipeline("r", &setup.task("t", 8, "max_workers = 2\ntimeout = \"3s\""));
     let mut scheduler = Proc::spawn("scheduler", &mut setup.scheduler("r"));
     let mut victim = Proc::spawn("worker A", setup.worker("r").env("SLEEP", "1"));
     let mut survivor = Proc::spawn("worker B", setup.worker("r").env("SLEEP", "0.3"));
@@ -422,7 +65,7 @@ fn two_tasks(setup: &Setup, timeout: &str) -> String {
 #[test]
 fn a_standby_takes_over_from_a_killed_leader_within_the_lease_ttl_and_reruns_nothing() {
     let setup = Setup::new();
-    setup.pipeline(&two_tasks(&setup, "10s"));
+    setup.pipeline("r", &two_tasks(&setup, "10s"));
     let mut leader = Proc::spawn("leader", &mut setup.scheduler("r"));
     leader.wait_line("leading the run", RUN_DEADLINE);
     let mut standby = Proc::spawn("standby", &mut setup.scheduler("r"));
@@ -456,7 +99,7 @@ fn a_standby_takes_over_from_a_killed_leader_within_the_lease_ttl_and_reruns_not
 #[test]
 fn the_only_scheduler_killed_and_started_again_reruns_nothing() {
     let setup = Setup::new();
-    setup.pipeline(&two_tasks(&setup, "10s"));
+    setup.pipeline("r", &two_tasks(&setup, "10s"));
     let mut first = Proc::spawn("scheduler", &mut setup.scheduler("r"));
     let _workers: Vec<Proc> = (0..2)
         .map(|n| Proc::spawn(&format!("worker {n}"), setup.worker("r").env("SLEEP", "0.2")))
@@ -483,7 +126,7 @@ fn the_only_scheduler_killed_and_started_again_reruns_nothing() {
 #[test]
 fn a_nats_server_restarted_mid_run_loses_nothing() {
     let mut setup = Setup::new();
-    setup.pipeline(&two_tasks(&setup, "3s"));
+    setup.pipeline("r", &two_tasks(&setup, "3s"));
     let mut scheduler = Proc::spawn("scheduler", &mut setup.scheduler("r"));
     let mut workers: Vec<Proc> = (0..2)
         .map(|n| Proc::spawn(&format!("worker {n}"), setup.worker("r").env("SLEEP", "0.2")))
@@ -509,7 +152,7 @@ fn a_nats_server_restarted_mid_run_loses_nothing() {
 #[test]
 fn garbage_and_wrong_version_messages_on_every_subject_are_dropped_and_the_run_completes() {
     let setup = Setup::new();
-    setup.pipeline(&setup.task("t", 10, "max_workers = 2"));
+    setup.pipeline("r", &setup.task("t", 10, "max_workers = 2"));
     let run = RunId::new("r").unwrap();
     let task_id = daisy_core::TaskId::new("t").unwrap();
     let settings = RunSettings { lease_ttl: Duration::from_secs(2), ..RunSettings::default() };
@@ -588,6 +231,7 @@ fn a_poison_block_fails_after_its_deliveries_its_dependents_are_orphaned_and_the
     let setup = Setup::new();
     let extra = "max_workers = 2\nmax_retries = 2\ntimeout = \"2s\"";
     setup.pipeline(
+        "r",
         &(setup.task("up", 6, extra)
             + &setup.task("down", 6, &format!("upstream = [\"up\"]\n{extra}"))),
     );
@@ -640,7 +284,7 @@ fn a_batch_running_three_times_its_ack_wait_with_heartbeats_is_not_redelivered()
     // the consumer's AckWait and the block's kill deadline, and slow blocks go one per
     // batch. A batch of fast-then-slow blocks can, so this test publishes one by hand.
     let setup = Setup::new();
-    setup.pipeline(&setup.task("t", 4, "max_workers = 2\ntimeout = \"2s\""));
+    setup.pipeline("r", &setup.task("t", 4, "max_workers = 2\ntimeout = \"2s\""));
     let run = RunId::new("r").unwrap();
     let task_id = daisy_core::TaskId::new("t").unwrap();
     let dispatch = Dispatch {
@@ -650,7 +294,10 @@ fn a_batch_running_three_times_its_ack_wait_with_heartbeats_is_not_redelivered()
     };
     setup.runtime.block_on(async {
         let streams = setup.client.provision_run(&run, &RunSettings::default()).await.unwrap();
-        streams.put_spec(&std::fs::read_to_string(setup.pipeline_file()).unwrap()).await.unwrap();
+        streams
+            .put_spec(&std::fs::read_to_string(setup.pipeline_file("r")).unwrap())
+            .await
+            .unwrap();
         let msg_id = MsgId::dispatch(&run, &task_id, 0, 1);
         setup.client.publish_dispatch(&run, &task_id, &dispatch, &msg_id, None).await.unwrap();
     });
@@ -674,8 +321,10 @@ fn a_batch_running_three_times_its_ack_wait_with_heartbeats_is_not_redelivered()
 #[test]
 fn two_runs_on_one_server_do_not_interfere() {
     let setup = Setup::new();
-    setup.pipeline(&two_tasks(&setup, "10s"));
     let runs = ["alpha", "beta"];
+    for run in runs {
+        setup.pipeline(run, &two_tasks(&setup, "10s"));
+    }
     let mut schedulers: Vec<Proc> =
         runs.iter().map(|run| Proc::spawn(run, &mut setup.scheduler(run))).collect();
     let mut workers: Vec<(&str, Proc)> = Vec::new();
@@ -708,26 +357,13 @@ fn daisy_run_on_a_server_killed_mid_pipeline_resumes_without_rerunning_succeeded
     // for them (reported as a bug), so this test keeps it short.
     let extra = "max_workers = 2\ntimeout = \"3s\"";
     setup.pipeline(
+        "pipeline",
         &(setup.task("first", 30, extra)
             + &setup.task("second", 30, &format!("upstream = [\"first\"]\n{extra}"))),
     );
     let daisy_run = |json: bool| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_daisy"));
-        command
-            .arg("run")
-            .arg(setup.pipeline_file())
-            .arg("--nats")
-            .arg(setup.nats.url())
-            .arg("--state-dir")
-            .arg(setup.path("state"))
-            .arg("--log-dir")
-            .arg(setup.path("logs"))
-            .arg("--no-progress")
-            .args(json.then_some("--json"))
-            .env("ATTEMPTS", setup.attempts_file("pipeline"))
-            .env("SLEEP", "0.05")
-            .env_remove("RUST_LOG")
-            .current_dir(setup.dir.path());
+        let mut command = setup.daisy_run("pipeline");
+        command.args(json.then_some("--json")).env("SLEEP", "0.05");
         command
     };
     let mut first = Proc::spawn("daisy run", &mut daisy_run(false));

@@ -1,7 +1,24 @@
-//! Helpers to run the binaries.
+//! Helpers to run the binaries, and the harness of the NATS tests (`faults`, `ops`).
+//!
+//! [`Setup`] owns a test's `nats-server` (daisy-testkit), its directory and a client that
+//! reads what a run recorded; [`Proc`] guards a spawned binary. Every block of a NATS test
+//! runs [`BLOCK_SH`], so attempts are counted on the processor's side. Waiting is on a
+//! condition under a deadline, never a fixed sleep (STYLE §2.7).
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use daisy_nats::{ConnectOptions, Nats};
+use daisy_proto::{Event, OutcomeKind, OutcomeReport, RunId};
+use daisy_testkit::TestNats;
+use futures::StreamExt;
+use serde_json::Value;
+use tempfile::TempDir;
 
 /// The `daisy` binary built for this test run.
 pub fn daisy() -> Command {
@@ -26,4 +43,407 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// One attempt of a block: appends `<task> <block id> <attempt> <worker pid>` to `$ATTEMPTS`,
+/// then dies with its daisy-worker if `$POISON` (`task:id,..`) names it, fails once (exit 3)
+/// if `$FAIL_ONCE` (`task:id`) names it and no marker file says it did, else sleeps `$SLEEP`
+/// seconds (so that a kill lands mid-run).
+const BLOCK_SH: &str = r#"
+attempt=$(printf '%s' "$DAISY_BLOCK" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
+echo "$DAISY_TASK_ID $DAISY_BLOCK_ID $attempt $PPID" >> "$ATTEMPTS"
+case ",$POISON," in *",$DAISY_TASK_ID:$DAISY_BLOCK_ID,"*) kill -9 "$PPID"; exit 1;; esac
+if [ "$DAISY_TASK_ID:$DAISY_BLOCK_ID" = "$FAIL_ONCE" ] && [ ! -e "$ATTEMPTS.failed" ]; then
+  touch "$ATTEMPTS.failed"
+  echo "boom in $DAISY_BLOCK_ID" >&2
+  exit 3
+fi
+sleep "${SLEEP:-0}"
+"#;
+
+/// How long a whole run may take on a loaded 2-core machine.
+pub const RUN_DEADLINE: Duration = Duration::from_secs(60);
+/// How often deadline-bounded waits poll.
+pub const POLL: Duration = Duration::from_millis(25);
+
+/// A NATS test's server, directory (pipelines, `block.sh`, attempts files, logs, state) and
+/// the runtime and client that read a run's streams.
+pub struct Setup {
+    pub nats: TestNats,
+    pub dir: TempDir,
+    /// One worker thread keeps the client's connection served between `block_on` calls.
+    pub runtime: tokio::runtime::Runtime,
+    pub client: Nats,
+}
+
+impl Setup {
+    /// Starts the server, connects, and writes `block.sh`.
+    pub fn new() -> Setup {
+        let nats = TestNats::start().expect("nats-server starts");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(nats.wait_ready(Duration::from_secs(20))).expect("jetstream is ready");
+        let client = runtime
+            .block_on(daisy_nats::connect(&ConnectOptions::new(nats.url())))
+            .expect("the test connects");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("block.sh"), BLOCK_SH).unwrap();
+        Setup { nats, dir, runtime, client }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `<run>.toml`, the pipeline of `run` (`daisy run` names a run after its file).
+    pub fn pipeline_file(&self, run: &str) -> PathBuf {
+        self.path(&format!("{run}.toml"))
+    }
+
+    /// Writes `<run>.toml`.
+    pub fn pipeline(&self, run: &str, text: &str) {
+        std::fs::write(self.pipeline_file(run), text).unwrap();
+    }
+
+    /// A 1-D task of `blocks` blocks of 10 without context (block ids are grid indices)
+    /// that runs `block.sh`; `extra` adds keys.
+    pub fn task(&self, id: &str, blocks: u64, extra: &str) -> String {
+        format!(
+            "[[task]]\nid = \"{id}\"\ntotal_roi = {{ offset = [0], shape = [{}] }}\n\
+             read_roi = {{ offset = [0], shape = [10] }}\nwrite_roi = {{ offset = [0], shape = [10] }}\n\
+             read_write_conflict = false\ncommand = [\"sh\", \"{}\"]\n{extra}\n",
+            blocks * 10,
+            self.path("block.sh").display()
+        )
+    }
+
+    /// `daisy-scheduler` of `run` on `<run>.toml`, with a 2 s lease and a JSON summary.
+    pub fn scheduler(&self, run: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_daisy-scheduler"));
+        command.arg("--nats").arg(self.nats.url()).arg(self.pipeline_file(run)).args([
+            "--run-id",
+            run,
+            "--lease-ttl",
+            "2s",
+            "--json",
+            "--no-progress",
+        ]);
+        self.block_env(&mut command, run);
+        command
+    }
+
+    /// `daisy-worker` of `run` with one slot.
+    pub fn worker(&self, run: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_daisy-worker"));
+        command
+            .arg("--nats")
+            .arg(self.nats.url())
+            .args(["--run", run, "--slots", "1"])
+            .arg("--log-dir")
+            .arg(self.path("logs"))
+            .arg("--state-dir")
+            .arg(self.path("state"));
+        self.block_env(&mut command, run);
+        command
+    }
+
+    /// `daisy run <run>.toml --nats URL`, with state and logs in the directory.
+    pub fn daisy_run(&self, run: &str) -> Command {
+        let mut command = daisy();
+        command
+            .arg("run")
+            .arg(self.pipeline_file(run))
+            .arg("--nats")
+            .arg(self.nats.url())
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--log-dir")
+            .arg(self.path("logs"))
+            .arg("--no-progress");
+        self.block_env(&mut command, run);
+        command
+    }
+
+    /// Sets the environment `block.sh` reads (attempts go to `attempts-<run>`; no poison, no
+    /// failure, no sleep unless the test sets them) and keeps the caller's from leaking in.
+    fn block_env(&self, command: &mut Command, run: &str) {
+        command
+            .env("ATTEMPTS", self.attempts_file(run))
+            .env("POISON", "")
+            .env("FAIL_ONCE", "")
+            .env("SLEEP", "0")
+            .env_remove("RUST_LOG")
+            .env_remove("NATS_URL")
+            .current_dir(self.dir.path());
+    }
+
+    pub fn attempts_file(&self, run: &str) -> PathBuf {
+        self.path(&format!("attempts-{run}"))
+    }
+
+    /// The attempts of `run`'s blocks, per (task, block id), in the order they started.
+    pub fn attempts(&self, run: &str) -> BTreeMap<(String, u64), Vec<Attempt>> {
+        let text = std::fs::read_to_string(self.attempts_file(run)).unwrap_or_default();
+        let mut attempts: BTreeMap<(String, u64), Vec<Attempt>> = BTreeMap::new();
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 4, "attempt line {line:?}");
+            attempts.entry((fields[0].to_owned(), fields[1].parse().unwrap())).or_default().push(
+                Attempt { attempt: fields[2].parse().unwrap(), pid: fields[3].parse().unwrap() },
+            );
+        }
+        attempts
+    }
+
+    /// How often each (task, block id) of `run` was attempted.
+    pub fn attempt_counts(&self, run: &str) -> BTreeMap<(String, u64), usize> {
+        self.attempts(run).into_iter().map(|(block, runs)| (block, runs.len())).collect()
+    }
+
+    pub fn attempt_lines(&self, run: &str) -> usize {
+        std::fs::read_to_string(self.attempts_file(run)).unwrap_or_default().lines().count()
+    }
+
+    /// Every outcome report recorded in `run`'s event stream so far.
+    pub fn recorded_reports(&self, run: &str) -> Vec<OutcomeReport> {
+        let run = RunId::new(run).unwrap();
+        self.runtime.block_on(async {
+            let Ok(streams) = self.client.open_run(&run).await else { return Vec::new() };
+            let mut replay = streams.replay_events(1).await.expect("replay starts");
+            let end = replay.caught_up_at();
+            let mut reports = Vec::new();
+            if end == 0 {
+                return reports;
+            }
+            loop {
+                let next = tokio::time::timeout(Duration::from_secs(10), replay.next()).await;
+                let (sequence, event) =
+                    next.expect("replay delivers").expect("replay goes on").expect("replays");
+                if let Ok(Event::Outcomes(report)) = event {
+                    reports.push(report);
+                }
+                if sequence >= end {
+                    break;
+                }
+            }
+            reports
+        })
+    }
+
+    /// The blocks (task, index) `run`'s event stream records as succeeded or skipped.
+    pub fn recorded_done(&self, run: &str) -> BTreeSet<(String, u64)> {
+        let mut done = BTreeSet::new();
+        for report in self.recorded_reports(run) {
+            for result in report.results {
+                if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
+                    done.insert((report.task.clone(), result.index));
+                }
+            }
+        }
+        done
+    }
+
+    /// Messages left in `run`'s block stream.
+    pub fn block_message_count(&self, run: &str) -> u64 {
+        let run = RunId::new(run).unwrap();
+        self.runtime.block_on(async {
+            let streams = self.client.open_run(&run).await.expect("the run exists");
+            streams.block_message_count().await.expect("the block stream answers")
+        })
+    }
+
+    /// Whether `daisy cancel`'s mark is in `run`'s KV status.
+    pub fn cancelled(&self, run: &str) -> bool {
+        let run = RunId::new(run).unwrap();
+        self.runtime.block_on(async {
+            let streams = self.client.open_run(&run).await.expect("the run exists");
+            streams.get_status().await.expect("status reads").is_some_and(|s| s.cancelled)
+        })
+    }
+}
+
+/// One line of an attempts file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The attempt number the scheduler gave the block.
+    pub attempt: u32,
+    /// The daisy-worker that ran it.
+    pub pid: u32,
+}
+
+/// A child process, SIGKILLed when dropped (its stderr tail is printed if the test panics);
+/// its output is collected as it comes, each stderr line with the time it arrived.
+pub struct Proc {
+    name: String,
+    child: Child,
+    status: Option<ExitStatus>,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<(Instant, String)>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, command: &mut Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("{name} starts: {err}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut out = child.stdout.take().unwrap();
+        let sink = stdout.clone();
+        let out_reader = std::thread::spawn(move || {
+            let mut buffer = Vec::new();
+            let _ = out.read_to_end(&mut buffer);
+            sink.lock().unwrap().extend(buffer);
+        });
+        let err = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let err_reader = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            status: None,
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            self.status = Some(self.child.wait().unwrap());
+        }
+    }
+
+    /// Whether it has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status.is_some()
+    }
+
+    /// Waits for the exit, up to `timeout`; returns the exit code (`None`: a signal).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while !self.exited() {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(POLL);
+        }
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        self.status.unwrap().code()
+    }
+
+    /// Stdout so far (all of it after [`Proc::wait`]).
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        let lines = self.stderr.lock().unwrap();
+        lines.iter().map(|(_, line)| line.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// When a stderr line containing `needle` first arrived.
+    fn line_time(&self, needle: &str) -> Option<Instant> {
+        let lines = self.stderr.lock().unwrap();
+        lines.iter().find(|(_, line)| line.contains(needle)).map(|(at, _)| *at)
+    }
+
+    /// Waits for a stderr line containing `needle`; returns when it arrived.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) = self.line_time(needle) {
+                return at;
+            }
+            assert!(
+                Instant::now() < deadline && !self.exited(),
+                "{} logged no {needle:?} within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The `--json` summary on stdout (after [`Proc::wait`]).
+    pub fn json(&self) -> Value {
+        let stdout = self.stdout.lock().unwrap();
+        serde_json::from_slice(&stdout).unwrap_or_else(|err| {
+            panic!(
+                "{} --json output: {err}\nstdout:\n{}\nstderr:\n{}",
+                self.name,
+                String::from_utf8_lossy(&stdout),
+                self.stderr()
+            )
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let lines = self.stderr.lock().unwrap();
+            let tail: Vec<&str> =
+                lines.iter().rev().take(40).rev().map(|(_, line)| line.as_str()).collect();
+            eprintln!(
+                "--- {} (pid {}), last stderr lines:\n{}",
+                self.name,
+                self.pid(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+/// Waits until `predicate` holds, polling every [`POLL`]; panics after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, predicate: impl FnMut() -> bool) {
+    daisy_testkit::wait_until(timeout, POLL, what, predicate).unwrap_or_else(|err| panic!("{err}"));
+}
+
+/// Counters of a task in a `--json` summary: blocks, completed, skipped, failed, orphaned.
+pub fn counts(report: &Value, task: &str) -> [u64; 5] {
+    let task = report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == task).unwrap();
+    ["blocks", "completed", "skipped", "failed", "orphaned"].map(|key| task[key].as_u64().unwrap())
+}
+
+/// Asserts that every block of `tasks` (id, blocks) ran exactly once.
+pub fn assert_each_ran_once(
+    attempts: &BTreeMap<(String, u64), Vec<Attempt>>,
+    tasks: &[(&str, u64)],
+) {
+    let expected: usize = tasks.iter().map(|(_, blocks)| *blocks as usize).sum();
+    assert_eq!(attempts.len(), expected, "every block ran: {attempts:?}");
+    for (task, blocks) in tasks {
+        for index in 0..*blocks {
+            let runs = attempts.get(&((*task).to_owned(), index));
+            assert_eq!(runs.map(Vec::len), Some(1), "{task} {index} ran once: {runs:?}");
+        }
+    }
 }
