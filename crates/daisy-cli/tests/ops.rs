@@ -188,6 +188,9 @@ fn status_shows_leader_and_workers_and_cancel_stops_a_run_that_resumes() {
     setup.pipeline("long", &a_then_b(&setup, 5));
     let mut scheduler = Proc::spawn("scheduler", &mut setup.scheduler("long"));
     let mut worker = Proc::spawn("worker", setup.worker("long").env("SLEEP", "0.3"));
+    scheduler.wait_line("leading the run", RUN_DEADLINE);
+    let mut standby = Proc::spawn("standby", &mut setup.scheduler("long"));
+    standby.wait_line("standing by", RUN_DEADLINE);
     let running = setup.wait_status("long", "a leader, a worker and progress", |s| {
         !s["leader"].is_null()
             && s["workers"] == 1
@@ -206,6 +209,14 @@ fn status_shows_leader_and_workers_and_cancel_stops_a_run_that_resumes() {
     let summary = scheduler.json();
     assert_eq!(summary["interrupted"], true, "{summary}");
     assert_eq!(worker.wait(RUN_DEADLINE), Some(0), "the worker exits: {}", worker.stderr());
+    // The standby stops too, without leading the cancelled run.
+    assert_eq!(standby.wait(RUN_DEADLINE), Some(1), "{}", standby.stderr());
+    let standby_logs = standby.stderr();
+    assert!(standby_logs.contains("cancelled while standing by"), "{standby_logs}");
+    assert!(!standby_logs.contains("leading the run"), "{standby_logs}");
+    let never_led = standby.json();
+    assert_eq!((&never_led["interrupted"], &never_led["tasks"]), (&json!(true), &json!([])));
+    assert!(setup.cancelled("long"), "the cancel mark stays until a scheduler resumes");
     let stopped = setup.status("long");
     assert_eq!((&stopped["finished"], &stopped["leader"]), (&json!(false), &Value::Null));
     let done_before: u64 =

@@ -152,6 +152,11 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
     let mut stdout = std::io::stdout().lock();
     if cli.json {
         write_json(&mut stdout, &report, &places)
+    } else if report.tasks.is_empty() {
+        writeln!(
+            stdout,
+            "this replica stopped while standing by: it never led run {run_id} (see `daisy status {run_id}`)"
+        )
     } else {
         write_text(&mut stdout, &report, &pipeline, &places)
     }
