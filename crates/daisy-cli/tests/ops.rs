@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::util::{POLL, Proc, RUN_DEADLINE, Setup, describe, run, wait_until};
+use crate::util::{POLL, Proc, RUN_DEADLINE, Setup, counts, describe, run, wait_until};
 
 /// Task `a` of `blocks` blocks and task `b` downstream of it (block i of `b` reads block i of
 /// `a`), neither retried.
@@ -180,6 +180,27 @@ fn retry_reruns_only_the_failed_block_and_its_orphans() {
     let output = setup.daisy(&["retry", "flaky"]);
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no failed or orphaned"));
+}
+
+#[test]
+fn a_forever_worker_records_the_retried_block_it_failed_before() {
+    // One block, so the retried batch is the failed one again: same task, block, attempt
+    // number and worker. Its outcome must still be recorded (a new dispatch epoch).
+    let setup = Setup::new();
+    setup.pipeline("once", &setup.task("a", 1, "max_retries = 0"));
+    let mut worker = Proc::spawn(
+        "forever worker",
+        setup.worker("once").arg("--forever").env("FAIL_ONCE", "a:0"),
+    );
+    let mut scheduler = Proc::spawn("scheduler", &mut setup.scheduler("once"));
+    assert_eq!(scheduler.wait(RUN_DEADLINE), Some(1), "{}", scheduler.stderr());
+    let output = setup.daisy(&["retry", "once"]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let mut scheduler = Proc::spawn("scheduler after retry", &mut setup.scheduler("once"));
+    assert_eq!(scheduler.wait(RUN_DEADLINE), Some(0), "{}", scheduler.stderr());
+    assert_eq!(counts(&scheduler.json(), "a"), [1, 1, 0, 0, 0]);
+    assert_eq!(setup.attempt_counts("once"), [(("a".to_owned(), 0), 2)].into());
+    assert!(!worker.exited(), "a --forever worker keeps serving");
 }
 
 #[test]
