@@ -29,7 +29,7 @@ use daisy_proto::{BlockResult, Dispatch, FailureKind, OutcomeKind, OutcomeReport
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::process::{self, BlockFailure, BlockLine, BlockRoi, CheckProcess, Processor};
+use crate::process::{BlockFailure, BlockLine, BlockRoi, CheckProcess, Processor};
 
 /// One block as a processor sees it (shaped like Daisy's `Block`).
 #[derive(Debug, Clone)]
@@ -74,15 +74,10 @@ pub struct ProcessError {
     pub message: String,
 }
 
+/// A user process's failure, as is: the process module reports the wire's kinds.
 impl From<BlockFailure> for ProcessError {
-    fn from(failure: BlockFailure) -> Self {
-        let kind = match failure.kind {
-            process::FailureKind::Failed => FailureKind::Failed,
-            process::FailureKind::Timeout => FailureKind::Timeout,
-            process::FailureKind::ProcessDied => FailureKind::ProcessDied,
-            process::FailureKind::SpawnFailed => FailureKind::SpawnFailed,
-        };
-        Self { kind, message: failure.message }
+    fn from(BlockFailure { kind, message }: BlockFailure) -> Self {
+        Self { kind, message }
     }
 }
 

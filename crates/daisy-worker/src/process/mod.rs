@@ -56,6 +56,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use command::{CheckProcess, CommandProcess};
+/// Why a block did not succeed: the wire type itself, so a [`BlockFailure`] goes into an
+/// outcome report unchanged. This module produces `Failed`, `Timeout`, `ProcessDied` and
+/// `SpawnFailed`; `Panicked` and `DeliveriesExhausted` come from elsewhere.
+pub use daisy_proto::FailureKind;
 pub use worker::WorkerProcess;
 
 /// Source of `python/daisy_worker.py`, the stdlib-only Python side of the worker protocol.
@@ -112,34 +116,6 @@ pub struct BlockReply {
     /// The user's error (with the Python helper: the tail of the traceback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-/// Why a block did not succeed, as far as this crate can tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// User code reported failure (a failed reply, a raised exception) or a command exited
-    /// non-zero. Retrying is safe but repeats the same code on the same data.
-    Failed,
-    /// The block did not finish within the task timeout; the process group was killed.
-    /// Retrying is safe; the block may have written partial output.
-    Timeout,
-    /// The user's process exited, was killed by a signal or closed its stdout while a block
-    /// was in flight. Retrying is safe; a worker child is restarted on the next block.
-    ProcessDied,
-    /// The process could not be started at all (command not found, not executable, log dir
-    /// not writable). Retrying will fail the same way until the pipeline is fixed.
-    SpawnFailed,
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FailureKind::Failed => "failed",
-            FailureKind::Timeout => "timeout",
-            FailureKind::ProcessDied => "process died",
-            FailureKind::SpawnFailed => "spawn failed",
-        })
-    }
 }
 
 /// A block that did not succeed: a kind to decide on and a message for humans.
