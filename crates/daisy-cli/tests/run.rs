@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,9 @@ use crate::util::{daisy, describe, run};
 /// A Python worker built on daisy_worker.py, driven by env vars:
 /// `FAIL=task:id,..` raises for those blocks, `CRASH=task:id,..` exits the
 /// process on a block's first attempt (`CRASH_ALWAYS=1`: on every block),
-/// `SLEEP=s` sleeps per block and
-/// `SLOW=task:id=s,..` sleeps longer for some blocks.
+/// `SLEEP=s` sleeps per block,
+/// `SLOW=task:id=s,..` sleeps longer for some blocks and `PIDS=file`
+/// appends the worker's pid to that file when it starts.
 const WORKER_PY: &str = r#"
 import os, time
 import daisy_worker
@@ -45,6 +46,9 @@ def process(block):
         raise ValueError(f"block {bid} is cursed")
 
 if __name__ == "__main__":
+    if "PIDS" in os.environ:
+        with open(os.environ["PIDS"], "a") as f:
+            f.write(f"{os.getpid()}\n")
     daisy_worker.serve(process)
 "#;
 
@@ -65,6 +69,15 @@ for line in sys.stdin:
 const BLOCK_SH: &str = r#"#!/bin/sh
 attempt=$(printf '%s' "$DAISY_BLOCK" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
 echo "$DAISY_TASK_ID $DAISY_BLOCK_ID $attempt" >> "$ATTEMPTS"
+"#;
+
+/// A one-process-per-block command that never ends by itself: it starts a
+/// `sleep` (a grandchild of daisy, in the command's process group), appends
+/// `<its own pid> <the sleep's pid>` to `$PIDS` and waits.
+const HANG_SH: &str = r#"#!/bin/sh
+sleep 60 &
+echo "$$ $!" >> "$PIDS"
+wait
 "#;
 
 /// A check: blocks with even ids are already done.
@@ -218,6 +231,47 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Processes a run started, by the pids its scripts recorded, with their
+/// start times so that a reused pid is not taken for one of them. Those
+/// still alive when this is dropped are killed: a failing test leaves no
+/// orphans behind.
+struct Watched(Vec<(u32, u64)>);
+
+impl Watched {
+    /// The live processes among the pids in `file` (separated by whitespace).
+    fn read(file: &Path) -> Self {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let pids = text.split_whitespace().map(|pid| pid.parse::<u32>().unwrap());
+        Self(pids.filter_map(|pid| Some((pid, start_time(pid)?))).collect())
+    }
+
+    fn alive(&self) -> Vec<u32> {
+        let alive = self.0.iter().filter(|&&(pid, start)| start_time(pid) == Some(start));
+        alive.map(|&(pid, _)| pid).collect()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        for pid in self.alive() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// When `pid` started (clock ticks after boot, from `/proc/<pid>/stat`);
+/// `None` once it is gone, or dead and not yet reaped (a zombie: an orphan
+/// waits for init to reap it, and init in a container may never do so).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the `(comm)` field: state is field 3 of stat(5), starttime field 22.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if matches!(fields.first(), Some(&("Z" | "X"))) {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
 }
 
 fn json(output: &Output) -> Value {
@@ -513,9 +567,13 @@ fn a_second_ctrl_c_quits_at_once_with_130_while_a_block_is_in_flight() {
     let project = Project::new();
     project.write("worker.py", WORKER_PY);
     project.pipeline(&[task("t", 2, "worker = [\"python3\", \"worker.py\"]")]);
-    let mut running = Running::start(project.daisy_run(&[]).env("SLOW", "t:0=5"));
+    let pids = project.path("pids");
+    let mut running =
+        Running::start(project.daisy_run(&[]).env("SLOW", "t:0=60").env("PIDS", &pids));
     let stderr = running.stderr_reader();
     wait_until("the slow block to start", Duration::from_secs(20), || project.attempt_lines() >= 1);
+    let worker = Watched::read(&pids);
+    assert_eq!(worker.0.len(), 1, "one live worker process");
     running.signal("INT");
     wait_until("the interrupt note", Duration::from_secs(10), || {
         stderr.lock().unwrap().contains("daisy: interrupted")
@@ -525,6 +583,35 @@ fn a_second_ctrl_c_quits_at_once_with_130_while_a_block_is_in_flight() {
     let output = running.wait();
     assert_eq!(output.status.code(), Some(130), "{}", stderr.lock().unwrap());
     assert!(started.elapsed() < Duration::from_secs(4), "quit without waiting for the block");
+    // The worker runs in its own process group, out of reach of the
+    // terminal's Ctrl-C: daisy must kill it, or it runs on as an orphan.
+    wait_until("the worker process to be killed", Duration::from_secs(5), || {
+        worker.alive().is_empty()
+    });
+}
+
+#[test]
+fn a_second_ctrl_c_kills_the_block_commands_in_flight_and_their_children() {
+    let project = Project::new();
+    project.write("hang.sh", HANG_SH);
+    project.pipeline(&[task("t", 2, "max_workers = 2\ncommand = [\"./hang.sh\"]")]);
+    let pids = project.path("pids");
+    let mut running = Running::start(project.daisy_run(&["--in-process"]).env("PIDS", &pids));
+    let stderr = running.stderr_reader();
+    let recorded = || std::fs::read_to_string(&pids).unwrap_or_default().lines().count();
+    wait_until("both blocks to start", Duration::from_secs(20), || recorded() >= 2);
+    let commands = Watched::read(&pids);
+    assert_eq!(commands.0.len(), 4, "two commands and their sleeps alive");
+    running.signal("INT");
+    wait_until("the interrupt note", Duration::from_secs(10), || {
+        stderr.lock().unwrap().contains("daisy: interrupted")
+    });
+    running.signal("INT");
+    let output = running.wait();
+    assert_eq!(output.status.code(), Some(130), "{}", stderr.lock().unwrap());
+    wait_until("the commands and their children to be killed", Duration::from_secs(5), || {
+        commands.alive().is_empty()
+    });
 }
 
 #[test]

@@ -13,7 +13,8 @@
 //! no new block starts, blocks in flight finish (the journal records every
 //! outcome as it arrives, so nothing needs flushing), the summary is printed
 //! with unfinished tasks marked `…` and the exit code is 1; the same command
-//! resumes. A second signal exits at once with code 130.
+//! resumes. A second signal kills the processes of blocks in flight (their
+//! whole process groups) and exits at once with code 130.
 
 mod in_process;
 mod nats;
@@ -68,7 +69,8 @@ worker = [\"python3\", \"square.py\"] in examples/x/pipeline.toml runs examples/
 wherever you start daisy from. They get DAISY_TASK_ID, DAISY_WORKER_ID and DAISY_LOG_DIR.
 
 Ctrl-C: no new blocks start, blocks in flight finish, the summary is printed and the same
-command resumes later. A second Ctrl-C quits at once (exit code 130).
+command resumes later. A second Ctrl-C kills the blocks in flight and quits at once (exit
+code 130).
 
 Logs: -v/-vv beat RUST_LOG (e.g. RUST_LOG=daisy_scheduler=debug), default: warnings only.
 
@@ -366,7 +368,12 @@ pub(crate) async fn watch_interrupts(
     }
 }
 
+/// Exits now. Our user processes and the embedded nats-server run in
+/// process groups of their own (so that the first Ctrl-C lets blocks in
+/// flight finish), out of reach of the terminal's signal: they are killed
+/// here, or they would run on as orphans still writing data.
 fn quit_at_once(logs: &LogOutput) -> ! {
+    daisy_worker::process::kill_all_children();
     nats::kill_embedded_server();
     logs.note(
         "daisy: interrupted again: quitting now; blocks in flight are not recorded and run again \

@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::group::{base_command, kill_process_group, spawn_failure};
+use super::group::{base_command, kill_process_group, reap, spawn_failure, spawn_registered};
 use super::logs::{
     append_line, log_len, log_open_failure, open_slot_logs, separator_line, tail_since,
     with_stderr_tail,
@@ -192,7 +192,8 @@ fn run_once(
         .stdin(Stdio::null())
         .stdout(Stdio::from(logs.out))
         .stderr(Stdio::from(logs.err));
-    let child = command.spawn().map_err(|err| spawn_failure(key, slot, command_line, &err))?;
+    let child = spawn_registered(&mut command)
+        .map_err(|err| spawn_failure(key, slot, command_line, &err))?;
     let pid = child.id();
     tracing::debug!(task_id = %slot.task_id, block_id = block.block_id, pid, key, "started block process");
     let outcome = wait_with_timeout(child, timeout);
@@ -207,7 +208,7 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> OneShotOutcome {
     let (status_tx, status_rx) = mpsc::sync_channel(1);
     let spawned = thread::Builder::new().name(format!("daisy-wait-{pid}")).spawn(move || {
         // The receiver may be gone after a reap timeout; nobody needs the status then.
-        let _ = status_tx.send(child.wait());
+        let _ = status_tx.send(reap(&mut child));
     });
     let waiter = match spawned {
         Ok(handle) => handle,

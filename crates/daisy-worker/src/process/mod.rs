@@ -36,6 +36,9 @@
 //! * Every child runs in its own process group, and a kill is a `SIGKILL` of the whole
 //!   group, so grandchildren (a shell's children, multiprocessing pools) die with it.
 //! * A child is always reaped by a waiter thread; nothing here leaves zombies behind.
+//! * Every child's group is recorded from spawn to reap, so [`kill_all_children`] can kill
+//!   them all when daisy exits without waiting for its blocks: the terminal's Ctrl-C does
+//!   not reach a child in its own group.
 //!
 //! # Why
 //!
@@ -60,6 +63,7 @@ pub use command::{CheckProcess, CommandProcess};
 /// outcome report unchanged. This module produces `Failed`, `Timeout`, `ProcessDied` and
 /// `SpawnFailed`; `Panicked` and `DeliveriesExhausted` come from elsewhere.
 pub use daisy_proto::FailureKind;
+pub use group::kill_all_children;
 pub use worker::WorkerProcess;
 
 /// Source of `python/daisy_worker.py`, the stdlib-only Python side of the worker protocol.

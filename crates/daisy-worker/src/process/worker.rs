@@ -32,7 +32,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::command::{join_logged, kill_logged};
-use super::group::{base_command, spawn_failure};
+use super::group::{base_command, reap, spawn_failure, spawn_registered};
 use super::logs::{
     SlotLogFiles, append_line, log_len, log_open_failure, open_slot_logs, separator_line,
     tail_since, with_stderr_tail,
@@ -247,8 +247,7 @@ impl WorkerProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(child_stderr));
-        let mut child = command
-            .spawn()
+        let mut child = spawn_registered(&mut command)
             .map_err(|err| spawn_failure("worker", &self.slot, &self.command, &err))?;
         self.spawn_count += 1;
         let pid = child.id();
@@ -266,7 +265,7 @@ impl WorkerProcess {
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let failure = internal_failure("worker child has no stdin/stdout pipe".to_owned());
             // Reap the killed child (SIGKILL makes this immediate).
-            let _ = child.wait();
+            let _ = reap(&mut child);
             return Err(failure);
         };
         let (events_tx, events_rx) = mpsc::sync_channel(EVENT_CAPACITY);
@@ -274,7 +273,7 @@ impl WorkerProcess {
         let waiter = thread::Builder::new()
             .name(format!("daisy-worker-{pid}-wait"))
             .spawn(move || {
-                let status = child.wait().map_err(|err| err.to_string());
+                let status = reap(&mut child).map_err(|err| err.to_string());
                 // The receiver is gone only when the worker was dropped; nobody listens then.
                 let _ = waiter_tx.send(WorkerEvent::Exited(status));
             })
