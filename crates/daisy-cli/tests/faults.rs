@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use daisy_nats::RunSettings;
 use daisy_proto::subjects::{self, EventScope, MsgId};
-use daisy_proto::{BlockWork, Dispatch, Event, RunId};
+use daisy_proto::{BlockResult, BlockWork, Dispatch, Event, OutcomeKind, OutcomeReport, RunId};
 
 use crate::util::{Proc, RUN_DEADLINE, Setup, assert_each_ran_once, counts, wait_until};
 
@@ -319,6 +319,59 @@ fn a_batch_running_three_times_its_ack_wait_with_heartbeats_is_not_redelivered()
 }
 
 #[test]
+fn a_batch_recorded_but_never_acked_is_removed_by_the_next_leader_and_not_run_again() {
+    // A worker recorded block 1's success and died before its ack: the batch is still in
+    // the block stream when a scheduler takes over.
+    let setup = Setup::new();
+    setup.pipeline("r", &setup.task("t", 4, "max_workers = 2"));
+    let run = RunId::new("r").unwrap();
+    let task_id = daisy_core::TaskId::new("t").unwrap();
+    setup.runtime.block_on(async {
+        let streams = setup.client.provision_run(&run, &RunSettings::default()).await.unwrap();
+        streams
+            .put_spec(&std::fs::read_to_string(setup.pipeline_file("r")).unwrap())
+            .await
+            .unwrap();
+        let dispatch = Dispatch {
+            task: "t".into(),
+            epoch: 1,
+            blocks: vec![BlockWork { index: 1, attempt: 1 }],
+        };
+        let msg_id = MsgId::dispatch_of_epoch(&run, &task_id, 1, 1, 1);
+        setup.client.publish_dispatch(&run, &task_id, &dispatch, &msg_id, None).await.unwrap();
+        let recorded = Event::Outcomes(OutcomeReport {
+            task: "t".into(),
+            worker: "gone-t-0".into(),
+            results: vec![BlockResult {
+                index: 1,
+                attempt: 1,
+                outcome: OutcomeKind::Success,
+                error: None,
+                seconds: 0.1,
+            }],
+            worker_restarts: 0,
+            epoch: 1,
+        });
+        let msg_id = MsgId::for_event(&run, &recorded);
+        let scope = EventScope::Task(&task_id);
+        setup.client.publish_event(&run, scope, &recorded, &msg_id, None).await.unwrap();
+    });
+    let mut scheduler = Proc::spawn("scheduler", &mut setup.scheduler("r"));
+    // Workers still alive could take the batch before the new leader looks; here none is.
+    scheduler.wait_line("rebuilt the run from its record", RUN_DEADLINE);
+    let mut worker = Proc::spawn("worker", &mut setup.worker("r"));
+    assert_eq!(scheduler.wait(RUN_DEADLINE), Some(0), "{}", scheduler.stderr());
+    assert_eq!(worker.wait(RUN_DEADLINE), Some(0), "{}", worker.stderr());
+    assert_eq!(counts(&scheduler.json(), "t"), [4, 4, 0, 0, 0]);
+    let logs = scheduler.stderr();
+    assert!(logs.contains("batch recorded as done but not acked removed"), "{logs}");
+    let attempts = setup.attempts("r");
+    assert!(!attempts.contains_key(&("t".to_owned(), 1)), "block 1 ran again: {attempts:?}");
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert_eq!(setup.block_message_count("r"), 0);
+}
+
+#[test]
 fn two_runs_on_one_server_do_not_interfere() {
     let setup = Setup::new();
     let runs = ["alpha", "beta"];
@@ -380,10 +433,12 @@ fn daisy_run_on_a_server_killed_mid_pipeline_resumes_without_rerunning_succeeded
     assert_eq!(counts(&report, "first")[..2], [30, 30]);
     assert_eq!(counts(&report, "second")[..2], [30, 30]);
     let skipped = counts(&report, "first")[2] + counts(&report, "second")[2];
-    // Blocks an earlier session dispatched and this one ran (redelivered) count as skipped
-    // too, so only a lower bound holds here (reported).
-    assert!(skipped >= done_at_kill.len() as u64, "every recorded block was skipped: {report}");
+    // Skipped: exactly the blocks this session did not run (recorded done by the killed one).
     let attempts = setup.attempts("pipeline");
+    let ran_here =
+        attempts.values().filter(|runs| runs.iter().any(|a| a.pid == second.pid())).count();
+    assert!(skipped >= done_at_kill.len() as u64, "every recorded block was skipped: {report}");
+    assert_eq!(skipped, 60 - ran_here as u64, "{report}");
     assert_eq!(attempts.len(), 60, "every block ran");
     for block in &done_at_kill {
         assert_eq!(attempts[block].len(), 1, "{block:?} succeeded before the kill and ran again");

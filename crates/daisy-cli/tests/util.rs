@@ -209,27 +209,37 @@ impl Setup {
 
     /// Every outcome report recorded in `run`'s event stream so far.
     pub fn recorded_reports(&self, run: &str) -> Vec<OutcomeReport> {
+        let events = self.recorded_events(run);
+        events
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Outcomes(report) => Some(report),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every decodable event in `run`'s event stream, oldest first.
+    pub fn recorded_events(&self, run: &str) -> Vec<Event> {
         let run = RunId::new(run).unwrap();
         self.runtime.block_on(async {
             let Ok(streams) = self.client.open_run(&run).await else { return Vec::new() };
             let mut replay = streams.replay_events(1).await.expect("replay starts");
             let end = replay.caught_up_at();
-            let mut reports = Vec::new();
+            let mut events = Vec::new();
             if end == 0 {
-                return reports;
+                return events;
             }
             loop {
                 let next = tokio::time::timeout(Duration::from_secs(10), replay.next()).await;
                 let (sequence, event) =
                     next.expect("replay delivers").expect("replay goes on").expect("replays");
-                if let Ok(Event::Outcomes(report)) = event {
-                    reports.push(report);
-                }
+                events.extend(event.ok());
                 if sequence >= end {
                     break;
                 }
             }
-            reports
+            events
         })
     }
 

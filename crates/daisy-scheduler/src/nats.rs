@@ -26,6 +26,7 @@
 //! they end with it. Losing the lease ends the replica with
 //! [`ReplicaError::LeaseLost`]; the binary goes back to standby.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,8 +156,9 @@ pub async fn run_replica(
     // between the two reads then shows up as both, and its recorded
     // outcome wins. The other order would lose it from both and dispatch
     // it again.
-    let in_flight = queued_blocks(&streams).await?;
+    let queued = queued_batches(&streams).await?;
     let (events, replay) = replay_events(&streams).await?;
+    let in_flight = drop_recorded_batches(&streams, queued, &events).await;
     info!(run = %run, events = events.len(), blocks_in_flight = in_flight.len(), "rebuilt the run from its record");
 
     let lease_lost = CancellationToken::new();
@@ -383,27 +385,67 @@ async fn replay_events(
     Ok((events, replay))
 }
 
-/// The blocks of every dispatch still queued in the block stream.
-async fn queued_blocks(streams: &RunStreams) -> Result<Vec<(String, u64)>, ReplicaError> {
-    let mut blocks = Vec::new();
+/// Every dispatch still queued in the block stream, with its sequence.
+async fn queued_batches(streams: &RunStreams) -> Result<Vec<(u64, Dispatch)>, ReplicaError> {
+    let mut batches = Vec::new();
     let Some((first, last)) =
         streams.block_sequences().await.map_err(|e| nats_error("reading the block stream")(&e))?
     else {
-        return Ok(blocks);
+        return Ok(batches);
     };
     for sequence in first..=last {
         let Ok(message) = streams.get_block_message(sequence).await else { continue };
         match message.dispatch {
-            Ok(dispatch) => {
-                blocks.extend(dispatch.blocks.iter().map(|b| (dispatch.task.clone(), b.index)));
-            }
+            Ok(dispatch) => batches.push((sequence, dispatch)),
             Err(err) => {
                 warn!(sequence, error = %err, "undecodable block message removed");
                 let _ = streams.delete_block_message(sequence).await;
             }
         }
     }
-    Ok(blocks)
+    Ok(batches)
+}
+
+/// Removes the queued batches whose every block the record holds as done (a worker died
+/// between recording a batch and acking it), so that they do not run again; returns the
+/// blocks (task id, dense index) of the others, which workers hold or will be handed.
+async fn drop_recorded_batches(
+    streams: &RunStreams,
+    queued: Vec<(u64, Dispatch)>,
+    events: &[Event],
+) -> Vec<(String, u64)> {
+    let done: HashSet<(&str, u64)> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Outcomes(report) => Some(report),
+            _ => None,
+        })
+        .flat_map(|report| {
+            report
+                .results
+                .iter()
+                .filter(|r| matches!(r.outcome, OutcomeKind::Success | OutcomeKind::Skipped))
+                .map(|r| (report.task.as_str(), r.index))
+        })
+        .collect();
+    let mut in_flight = Vec::new();
+    for (sequence, dispatch) in queued {
+        let recorded =
+            dispatch.blocks.iter().all(|b| done.contains(&(dispatch.task.as_str(), b.index)));
+        if recorded {
+            match streams.delete_block_message(sequence).await {
+                Ok(_) => {
+                    info!(task = %dispatch.task, sequence, blocks = dispatch.blocks.len(), "batch recorded as done but not acked removed from the block stream")
+                }
+                Err(err) => {
+                    warn!(task = %dispatch.task, sequence, error = %err, "could not remove a batch recorded as done; it may run again")
+                }
+            }
+        } else {
+            in_flight.extend(dispatch.blocks.iter().map(|b| (dispatch.task.clone(), b.index)));
+        }
+    }
+    in_flight
 }
 
 async fn renew(

@@ -123,8 +123,13 @@ impl Prepared {
     ) -> anyhow::Result<RunReport> {
         let Prepared { nats, server, snapshots, .. } = self;
         let (host, name) = daisy_nats::process_identity();
+        // The local workers start once the replica leads: blocks an earlier session left
+        // queued must be read as in flight by the replay, not run (and recorded) before it,
+        // which would count them as done in that earlier session (skipped).
+        let leading = CancellationToken::new();
         let make_replica = || {
-            let forward = snapshots.clone();
+            let forward = daisy_scheduler::nats::forward_snapshots(snapshots.clone());
+            let leading = leading.clone();
             ReplicaOptions {
                 run: context.run_id.clone(),
                 spec_toml: spec_toml.clone(),
@@ -140,7 +145,10 @@ impl Prepared {
                 },
                 scheduler: SchedulerConfig::default(),
                 replay_mode: daisy_scheduler::ReplayMode::Resume,
-                on_leading: Some(daisy_scheduler::nats::forward_snapshots(forward)),
+                on_leading: Some(Box::new(move |snapshots| {
+                    leading.cancel();
+                    forward(snapshots);
+                })),
             }
         };
         let slots: u32 = context.pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
@@ -164,12 +172,16 @@ impl Prepared {
             },
         );
         let workers_cancel = CancellationToken::new();
-        let workers = tokio::spawn(run_nats_worker(
-            nats.clone(),
-            worker_options,
-            factory,
-            workers_cancel.clone(),
-        ));
+        let workers = {
+            let (nats, leading, stop) = (nats.clone(), leading.clone(), workers_cancel.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = leading.cancelled() => {}
+                    () = stop.cancelled() => return Ok(()),
+                }
+                run_nats_worker(nats, worker_options, factory, stop).await
+            })
+        };
         let report = loop {
             match run_replica(nats.clone(), make_replica(), cancel.clone()).await {
                 Ok(report) => break Ok(report),
