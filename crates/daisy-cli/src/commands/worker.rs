@@ -29,7 +29,11 @@ Examples:
       serves whichever run is unfinished, one after the other, and keeps waiting
 
 User processes start in --workdir (default: the current directory), so relative
-script paths of the pipeline file must exist there. Logs: <log-dir>/<task>/worker_<n>.out|err.";
+script paths of the pipeline file must exist there. Logs: <log-dir>/<task>/worker_<n>.out|err.
+
+Ctrl-C (or SIGTERM) stops taking blocks, finishes and records the blocks in flight, then
+exits 0. A second one kills the block processes and exits 130 at once; their blocks are
+redelivered to other workers after the AckWait.";
 
 /// Processes blocks of daisy-rs runs over NATS JetStream.
 #[derive(Debug, Parser)]
@@ -181,6 +185,17 @@ async fn stop_on_signal(cancel: CancellationToken) {
         _ = interrupt.recv() => {}
         _ = terminate.recv() => {}
     }
-    info!("stopping: finishing the blocks in flight, returning the rest");
+    info!("stopping: finishing the blocks in flight, returning the rest (again to quit at once)");
     cancel.cancel();
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+    // The block processes run in their own process groups: the signal did not reach them.
+    daisy_worker::process::kill_all_children();
+    eprintln!(
+        "daisy-worker: interrupted again: quitting now; its blocks in flight are redelivered \
+         to other workers"
+    );
+    std::process::exit(130)
 }
