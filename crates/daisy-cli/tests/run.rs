@@ -2,21 +2,24 @@
 //! in Python and sh, failures, crashes, timeouts, resume and Ctrl-C.
 //!
 //! Every test has its own directory holding the pipeline file, its scripts,
-//! the state dir and the log dir; scripts append `task block_id attempt`
-//! to the file named by `$ATTEMPTS` when an attempt starts, which is what
-//! "every block ran once" is counted from.
+//! the state dir and the log dir; scripts append `task block_id attempt pid`
+//! to the file named by `$ATTEMPTS` when an attempt starts (as util's
+//! [`BLOCK_SH`] does), which is what "every block ran once" is counted from.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use daisy_proto::{Event, OutcomeKind};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::util::{daisy, describe, run};
+use crate::util::{
+    Attempt, BLOCK_SH, Proc, RUN_DEADLINE, assert_each_ran_once, assert_none_ran_again, counts,
+    daisy, daisy_run, describe, done_blocks, line_count, read_attempts, run, task, task_report,
+    wait_until,
+};
 
 /// A Python worker built on daisy_worker.py, driven by env vars:
 /// `FAIL=task:id,..` raises for those blocks, `CRASH=task:id,..` exits the
@@ -34,7 +37,7 @@ def listed(name, task, bid):
 def process(block):
     task, bid = block.block_id
     with open(os.environ["ATTEMPTS"], "a") as f:
-        f.write(f"{task} {bid} {block.attempt}\n")
+        f.write(f"{task} {bid} {block.attempt} {os.getpid()}\n")
     print(f"processing {task} {bid}")
     time.sleep(float(os.environ.get("SLEEP", "0")))
     for entry in os.environ.get("SLOW", "").split(","):
@@ -59,16 +62,10 @@ import json, os, sys
 for line in sys.stdin:
     block = json.loads(line)
     with open(os.environ["ATTEMPTS"], "a") as f:
-        f.write(f"{block['task']} {block['block_id']} {block['attempt']}\n")
+        f.write(f"{block['task']} {block['block_id']} {block['attempt']} {os.getpid()}\n")
     print("garbage {not json", flush=True)
     print(json.dumps({"hello": "world"}), flush=True)
     print(json.dumps({"block_id": block["block_id"], "status": "success"}), flush=True)
-"#;
-
-/// A one-process-per-block command: records the attempt from `$DAISY_BLOCK`.
-const BLOCK_SH: &str = r#"#!/bin/sh
-attempt=$(printf '%s' "$DAISY_BLOCK" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
-echo "$DAISY_TASK_ID $DAISY_BLOCK_ID $attempt" >> "$ATTEMPTS"
 "#;
 
 /// A one-process-per-block command that never ends by itself: it starts a
@@ -84,17 +81,6 @@ wait
 const EVEN_DONE_SH: &str = r#"
 test $((DAISY_BLOCK_ID % 2)) -eq 0
 "#;
-
-/// A 1-D task of `blocks` blocks of 10 without context, so block ids equal
-/// grid indices; `extra` adds keys.
-fn task(id: &str, blocks: u64, extra: &str) -> String {
-    format!(
-        "[[task]]\nid = \"{id}\"\ntotal_roi = {{ offset = [0], shape = [{}] }}\n\
-         read_roi = {{ offset = [0], shape = [10] }}\nwrite_roi = {{ offset = [0], shape = [10] }}\n\
-         read_write_conflict = false\n{extra}\n",
-        blocks * 10
-    )
-}
 
 /// A test's directory: pipeline, scripts, state, logs and the attempts file.
 struct Project {
@@ -129,108 +115,51 @@ impl Project {
     /// `daisy run` on the pipeline, started from another directory than the
     /// pipeline's, with state and logs in the project.
     fn daisy_run(&self, args: &[&str]) -> Command {
-        let mut command = daisy();
-        command
-            .arg("run")
-            .arg(self.path("pipelines").join("pipeline.toml"))
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--log-dir")
-            .arg(self.path("logs"))
-            .args(args)
-            .env("ATTEMPTS", self.path("attempts"))
-            .env_remove("RUST_LOG")
-            .current_dir(self.dir.path());
+        let pipeline = self.path("pipelines").join("pipeline.toml");
+        let mut command = daisy_run(&pipeline, self.dir.path(), &self.path("attempts"));
+        command.args(args);
         command
     }
 
-    /// Attempt lines per (task, block id).
-    fn attempts(&self) -> BTreeMap<(String, u64), Vec<u32>> {
-        let text = std::fs::read_to_string(self.path("attempts")).unwrap_or_default();
-        let mut attempts: BTreeMap<(String, u64), Vec<u32>> = BTreeMap::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(fields.len(), 3, "attempt line {line:?}");
-            attempts
-                .entry((fields[0].to_owned(), fields[1].parse().unwrap()))
-                .or_default()
-                .push(fields[2].parse().unwrap());
-        }
-        attempts
+    /// The attempts per (task, block id), in the order they started.
+    fn attempts(&self) -> BTreeMap<(String, u64), Vec<Attempt>> {
+        read_attempts(&self.path("attempts"))
     }
 
     fn attempt_lines(&self) -> usize {
-        std::fs::read_to_string(self.path("attempts")).unwrap_or_default().lines().count()
+        line_count(&self.path("attempts"))
     }
 
     /// Blocks (task, index) the journal records as succeeded or skipped.
     fn journal_done(&self) -> BTreeSet<(String, u64)> {
-        let Ok(events) = daisy::journal::read_journal(&self.run_dir()) else {
-            return BTreeSet::new();
-        };
-        let mut done = BTreeSet::new();
-        for event in events {
-            if let Event::Outcomes(report) = event {
-                for result in report.results {
-                    if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
-                        done.insert((report.task.clone(), result.index));
-                    }
-                }
-            }
-        }
-        done
+        done_blocks(daisy::journal::read_journal(&self.run_dir()).unwrap_or_default())
     }
 }
 
-/// A started `daisy run`, killed if the test fails before it ends.
-struct Running(Option<Child>);
-
-impl Running {
-    fn start(command: &mut Command) -> Self {
-        Self(Some(command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()))
-    }
-
-    /// Collects stderr as it comes, for waiting on a line.
-    fn stderr_reader(&mut self) -> std::sync::Arc<std::sync::Mutex<String>> {
-        use std::io::Read;
-        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = self.0.as_mut().unwrap().stderr.take().unwrap();
-        let sink = text.clone();
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 4096];
-            while let Ok(n @ 1..) = stderr.read(&mut buffer) {
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-        text
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.0.as_ref().expect("still running").id();
-        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
-        assert!(status.unwrap().success(), "kill -{name}");
-    }
-
-    fn wait(mut self) -> Output {
-        self.0.take().expect("still running").wait_with_output().unwrap()
-    }
+/// The attempt numbers of a block's runs, in the order they started.
+fn numbers(runs: &[Attempt]) -> Vec<u32> {
+    runs.iter().map(|run| run.attempt).collect()
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Whether every block ran as its first attempt.
+fn all_first(attempts: &BTreeMap<(String, u64), Vec<Attempt>>) -> bool {
+    attempts.values().all(|runs| numbers(runs) == [1])
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Ctrl-C, then Ctrl-C again once daisy said it is winding down: daisy quits
+/// at once with 130, without waiting for the blocks in flight, and the user
+/// processes of those blocks (`in_flight`) are killed soon after.
+fn ctrl_c_twice(running: &mut Proc, in_flight: &Watched, what: &str) {
+    running.signal("INT");
+    running.wait_line("daisy: interrupted", Duration::from_secs(10));
+    running.signal("INT");
+    let started = Instant::now();
+    let code = running.wait(RUN_DEADLINE);
+    assert_eq!(code, Some(130), "{}", running.describe());
+    assert!(started.elapsed() < Duration::from_secs(4), "quit without waiting for the blocks");
+    wait_until(&format!("{what} to be killed"), Duration::from_secs(5), || {
+        in_flight.alive().is_empty()
+    });
 }
 
 /// Processes a run started, by the pids its scripts recorded, with their
@@ -287,16 +216,6 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Counters of a task in the `--json` report.
-fn counts(report: &Value, task: &str) -> [u64; 5] {
-    let task = report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == task).unwrap();
-    ["blocks", "completed", "skipped", "failed", "orphaned"].map(|key| task[key].as_u64().unwrap())
-}
-
-fn task_json<'a>(report: &'a Value, task: &str) -> &'a Value {
-    report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == task).unwrap()
-}
-
 #[test]
 fn python_workers_process_every_block_once_and_a_second_run_skips_them_all() {
     let project = Project::new();
@@ -312,8 +231,8 @@ fn python_workers_process_every_block_once_and_a_second_run_skips_them_all() {
     let output = run(&mut project.daisy_run(&[]));
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let attempts = project.attempts();
-    assert_eq!(attempts.len(), 16);
-    assert!(attempts.values().all(|a| a == &[1]), "{attempts:?}");
+    assert_each_ran_once(&attempts, &[("up", 8), ("down", 8)]);
+    assert!(all_first(&attempts), "{attempts:?}");
     let text = stdout(&output);
     assert!(text.contains("all 16 blocks processed successfully"), "{text}");
     // The helper came from the state dir, and user prints went to the logs.
@@ -351,7 +270,7 @@ fn commands_run_once_per_block_and_checked_blocks_are_skipped() {
     let attempts = project.attempts();
     let ran: Vec<u64> = attempts.keys().map(|(_, id)| *id).collect();
     assert_eq!(ran, [1, 3, 5, 7, 9]);
-    assert!(attempts.values().all(|a| a == &[1]), "{attempts:?}");
+    assert!(all_first(&attempts), "{attempts:?}");
 }
 
 #[test]
@@ -371,7 +290,7 @@ fn a_block_that_always_fails_is_failed_its_downstream_orphaned_and_the_rest_done
     assert_eq!(counts(&report, "down"), [10, 9, 0, 0, 1]);
     assert_eq!(counts(&report, "other"), [5, 5, 0, 0, 0]);
     assert_eq!(report["all_succeeded"], false);
-    let up = task_json(&report, "up");
+    let up = task_report(&report, "up");
     assert_eq!(up["failed_attempts"], 3);
     let first = &up["first_error"];
     assert_eq!(first["block_id"], 3);
@@ -380,9 +299,9 @@ fn a_block_that_always_fails_is_failed_its_downstream_orphaned_and_the_rest_done
     assert!(first["message"].as_str().unwrap().contains("ValueError: block 3 is cursed"));
     let log = PathBuf::from(first["log"].as_str().unwrap());
     assert!(std::fs::read_to_string(&log).unwrap().contains("cursed"), "{}", log.display());
-    assert_eq!(task_json(&report, "down")["first_error"], Value::Null);
+    assert_eq!(task_report(&report, "down")["first_error"], Value::Null);
     let attempts = project.attempts();
-    assert_eq!(attempts[&("up".to_owned(), 3)], [1, 2, 3]);
+    assert_eq!(numbers(&attempts[&("up".to_owned(), 3)]), [1, 2, 3]);
     assert!(!attempts.contains_key(&("down".to_owned(), 3)), "the orphan never ran");
     assert_eq!(attempts.len(), 10 + 9 + 5);
 }
@@ -400,13 +319,16 @@ fn a_worker_that_crashes_mid_block_is_restarted_and_the_run_completes() {
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let report = json(&output);
     assert_eq!(counts(&report, "crashy"), [6, 6, 0, 0, 0]);
-    let crashy = task_json(&report, "crashy");
+    let crashy = task_report(&report, "crashy");
     assert_eq!(crashy["failed_attempts"], 2);
     assert_eq!(crashy["first_error"]["kind"], "process_died");
     assert!(crashy["worker_restarts"].as_u64().unwrap() >= 1, "{crashy}");
     let attempts = project.attempts();
-    assert_eq!(attempts[&("crashy".to_owned(), 1)], [1, 2]);
-    assert_eq!(attempts[&("crashy".to_owned(), 4)], [1, 2]);
+    for id in [1, 4] {
+        let runs = &attempts[&("crashy".to_owned(), id)];
+        assert_eq!(numbers(runs), [1, 2], "{runs:?}");
+        assert_ne!(runs[0].pid, runs[1].pid, "block {id} ran again in a new process: {runs:?}");
+    }
 }
 
 #[test]
@@ -442,7 +364,9 @@ fn garbage_on_a_workers_stdout_is_logged_and_the_run_completes() {
     let output = run(&mut project.daisy_run(&["--json"]));
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     assert_eq!(counts(&json(&output), "noisy"), [4, 4, 0, 0, 0]);
-    assert!(project.attempts().values().all(|a| a == &[1]));
+    let attempts = project.attempts();
+    assert_each_ran_once(&attempts, &[("noisy", 4)]);
+    assert!(all_first(&attempts), "{attempts:?}");
     let out_log = std::fs::read_to_string(project.path("logs/noisy/worker_0.out")).unwrap();
     assert!(out_log.contains("garbage {not json"), "{out_log}");
 }
@@ -483,14 +407,16 @@ fn a_run_killed_mid_pipeline_resumes_without_running_succeeded_blocks_again() {
         task("first", 100, worker),
         task("second", 100, &format!("upstream = [\"first\"]\n{worker}")),
     ]);
-    let running =
-        Running::start(project.daisy_run(&["--no-progress", "--in-process"]).env("SLEEP", "0.01"));
+    let mut running = Proc::spawn(
+        "daisy run",
+        project.daisy_run(&["--no-progress", "--in-process"]).env("SLEEP", "0.01"),
+    );
     wait_until("20 blocks recorded in the journal", Duration::from_secs(20), || {
         project.journal_done().len() >= 20
     });
-    running.signal("KILL");
-    let killed = running.wait();
-    assert_eq!(killed.status.code(), None, "killed by a signal: {}", describe(&killed));
+    running.kill();
+    let code = running.wait(RUN_DEADLINE);
+    assert_eq!(code, None, "killed by a signal: {}", running.describe());
     let recorded = project.journal_done();
     assert!(recorded.len() < 200, "the run was killed before it finished");
 
@@ -503,9 +429,7 @@ fn a_run_killed_mid_pipeline_resumes_without_running_succeeded_blocks_again() {
     assert_eq!(skipped, recorded.len() as u64, "every recorded block was skipped");
     let attempts = project.attempts();
     assert_eq!(attempts.len(), 200, "every block ran");
-    for block in &recorded {
-        assert_eq!(attempts[block].len(), 1, "{block:?} succeeded before the kill and ran again");
-    }
+    assert_none_ran_again(&attempts, &recorded);
 }
 
 #[test]
@@ -535,7 +459,8 @@ fn ctrl_c_stops_the_run_resumably_and_a_second_run_in_parallel_is_refused() {
     let project = Project::new();
     project.write("worker.py", WORKER_PY);
     project.pipeline(&[task("t", 40, "max_workers = 2\nworker = [\"python3\", \"worker.py\"]")]);
-    let running = Running::start(project.daisy_run(&["--in-process"]).env("SLEEP", "0.2"));
+    let mut running =
+        Proc::spawn("daisy run", project.daisy_run(&["--in-process"]).env("SLEEP", "0.2"));
     wait_until("blocks to start", Duration::from_secs(20), || project.attempt_lines() >= 2);
 
     let parallel = run(project.daisy_run(&["--in-process"]).env("SLEEP", "0.2"));
@@ -543,12 +468,11 @@ fn ctrl_c_stops_the_run_resumably_and_a_second_run_in_parallel_is_refused() {
     assert!(stderr(&parallel).contains("in use by another daisy run"), "{}", describe(&parallel));
 
     running.signal("INT");
-    let interrupted = running.wait();
-    assert_eq!(interrupted.status.code(), Some(1), "{}", describe(&interrupted));
-    let text = stdout(&interrupted);
+    assert_eq!(running.wait(RUN_DEADLINE), Some(1), "{}", running.describe());
+    let text = running.stdout();
     assert!(text.contains("interrupted with"), "{text}");
     assert!(text.contains("… t"), "{text}");
-    assert!(stderr(&interrupted).contains("daisy: interrupted"), "{}", describe(&interrupted));
+    assert!(running.stderr().contains("daisy: interrupted"), "{}", running.describe());
     let recorded = project.journal_done();
     assert!(!recorded.is_empty() && recorded.len() < 40, "{} recorded", recorded.len());
 
@@ -557,9 +481,7 @@ fn ctrl_c_stops_the_run_resumably_and_a_second_run_in_parallel_is_refused() {
     assert_eq!(counts(&json(&resumed), "t")[..3], [40, 40, recorded.len() as u64]);
     let attempts = project.attempts();
     assert_eq!(attempts.len(), 40);
-    for block in &recorded {
-        assert_eq!(attempts[block].len(), 1, "{block:?} ran again after the resume");
-    }
+    assert_none_ran_again(&attempts, &recorded);
 }
 
 #[test]
@@ -569,25 +491,13 @@ fn a_second_ctrl_c_quits_at_once_with_130_while_a_block_is_in_flight() {
     project.pipeline(&[task("t", 2, "worker = [\"python3\", \"worker.py\"]")]);
     let pids = project.path("pids");
     let mut running =
-        Running::start(project.daisy_run(&[]).env("SLOW", "t:0=60").env("PIDS", &pids));
-    let stderr = running.stderr_reader();
+        Proc::spawn("daisy run", project.daisy_run(&[]).env("SLOW", "t:0=60").env("PIDS", &pids));
     wait_until("the slow block to start", Duration::from_secs(20), || project.attempt_lines() >= 1);
     let worker = Watched::read(&pids);
     assert_eq!(worker.0.len(), 1, "one live worker process");
-    running.signal("INT");
-    wait_until("the interrupt note", Duration::from_secs(10), || {
-        stderr.lock().unwrap().contains("daisy: interrupted")
-    });
-    running.signal("INT");
-    let started = Instant::now();
-    let output = running.wait();
-    assert_eq!(output.status.code(), Some(130), "{}", stderr.lock().unwrap());
-    assert!(started.elapsed() < Duration::from_secs(4), "quit without waiting for the block");
     // The worker runs in its own process group, out of reach of the
     // terminal's Ctrl-C: daisy must kill it, or it runs on as an orphan.
-    wait_until("the worker process to be killed", Duration::from_secs(5), || {
-        worker.alive().is_empty()
-    });
+    ctrl_c_twice(&mut running, &worker, "the worker process");
 }
 
 #[test]
@@ -596,22 +506,12 @@ fn a_second_ctrl_c_kills_the_block_commands_in_flight_and_their_children() {
     project.write("hang.sh", HANG_SH);
     project.pipeline(&[task("t", 2, "max_workers = 2\ncommand = [\"./hang.sh\"]")]);
     let pids = project.path("pids");
-    let mut running = Running::start(project.daisy_run(&["--in-process"]).env("PIDS", &pids));
-    let stderr = running.stderr_reader();
-    let recorded = || std::fs::read_to_string(&pids).unwrap_or_default().lines().count();
-    wait_until("both blocks to start", Duration::from_secs(20), || recorded() >= 2);
+    let mut running =
+        Proc::spawn("daisy run", project.daisy_run(&["--in-process"]).env("PIDS", &pids));
+    wait_until("both blocks to start", Duration::from_secs(20), || line_count(&pids) >= 2);
     let commands = Watched::read(&pids);
     assert_eq!(commands.0.len(), 4, "two commands and their sleeps alive");
-    running.signal("INT");
-    wait_until("the interrupt note", Duration::from_secs(10), || {
-        stderr.lock().unwrap().contains("daisy: interrupted")
-    });
-    running.signal("INT");
-    let output = running.wait();
-    assert_eq!(output.status.code(), Some(130), "{}", stderr.lock().unwrap());
-    wait_until("the commands and their children to be killed", Duration::from_secs(5), || {
-        commands.alive().is_empty()
-    });
+    ctrl_c_twice(&mut running, &commands, "the commands and their children");
 }
 
 #[test]

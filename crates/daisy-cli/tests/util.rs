@@ -1,8 +1,10 @@
-//! Helpers to run the binaries, and the harness of the NATS tests (`faults`, `ops`).
+//! Helpers to run the binaries, and the harness of the NATS tests (`faults`, `ops`) and of
+//! the `daisy run` tests (`run`).
 //!
 //! [`Setup`] owns a test's `nats-server` (daisy-testkit), its directory and a client that
 //! reads what a run recorded; [`Proc`] guards a spawned binary. Every block of a NATS test
-//! runs [`BLOCK_SH`], so attempts are counted on the processor's side. Waiting is on a
+//! runs [`BLOCK_SH`], and every user process of a `run` test records its attempts the same
+//! way, so attempts are counted on the processor's side ([`read_attempts`]). Waiting is on a
 //! condition under a deadline, never a fixed sleep (STYLE §2.7).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,8 +50,8 @@ pub fn describe(output: &Output) -> String {
 /// One attempt of a block: appends `<task> <block id> <attempt> <worker pid>` to `$ATTEMPTS`,
 /// then dies with its daisy-worker if `$POISON` (`task:id,..`) names it, fails once (exit 3)
 /// if `$FAIL_ONCE` (`task:id`) names it and no marker file says it did, else sleeps `$SLEEP`
-/// seconds (so that a kill lands mid-run).
-const BLOCK_SH: &str = r#"
+/// seconds (so that a kill lands mid-run). Run by `sh`, or as an executable file.
+pub const BLOCK_SH: &str = r#"#!/bin/sh
 attempt=$(printf '%s' "$DAISY_BLOCK" | sed 's/.*"attempt":\([0-9]*\).*/\1/')
 echo "$DAISY_TASK_ID $DAISY_BLOCK_ID $attempt $PPID" >> "$ATTEMPTS"
 case ",$POISON," in *",$DAISY_TASK_ID:$DAISY_BLOCK_ID,"*) kill -9 "$PPID"; exit 1;; esac
@@ -108,16 +110,10 @@ impl Setup {
         std::fs::write(self.pipeline_file(run), text).unwrap();
     }
 
-    /// A 1-D task of `blocks` blocks of 10 without context (block ids are grid indices)
-    /// that runs `block.sh`; `extra` adds keys.
+    /// A [`task`] that runs `block.sh`; `extra` adds keys.
     pub fn task(&self, id: &str, blocks: u64, extra: &str) -> String {
-        format!(
-            "[[task]]\nid = \"{id}\"\ntotal_roi = {{ offset = [0], shape = [{}] }}\n\
-             read_roi = {{ offset = [0], shape = [10] }}\nwrite_roi = {{ offset = [0], shape = [10] }}\n\
-             read_write_conflict = false\ncommand = [\"sh\", \"{}\"]\n{extra}\n",
-            blocks * 10,
-            self.path("block.sh").display()
-        )
+        let command = format!("command = [\"sh\", \"{}\"]", self.path("block.sh").display());
+        task(id, blocks, &format!("{command}\n{extra}"))
     }
 
     /// `daisy-scheduler` of `run` on `<run>.toml`, with a 2 s lease and a JSON summary.
@@ -152,32 +148,15 @@ impl Setup {
 
     /// `daisy run <run>.toml --nats URL`, with state and logs in the directory.
     pub fn daisy_run(&self, run: &str) -> Command {
-        let mut command = daisy();
-        command
-            .arg("run")
-            .arg(self.pipeline_file(run))
-            .arg("--nats")
-            .arg(self.nats.url())
-            .arg("--state-dir")
-            .arg(self.path("state"))
-            .arg("--log-dir")
-            .arg(self.path("logs"))
-            .arg("--no-progress");
-        self.block_env(&mut command, run);
+        let mut command =
+            daisy_run(&self.pipeline_file(run), self.dir.path(), &self.attempts_file(run));
+        command.arg("--nats").arg(self.nats.url()).arg("--no-progress");
         command
     }
 
-    /// Sets the environment `block.sh` reads (attempts go to `attempts-<run>`; no poison, no
-    /// failure, no sleep unless the test sets them) and keeps the caller's from leaking in.
+    /// [`block_env`] with attempts in `attempts-<run>`, run from the directory.
     fn block_env(&self, command: &mut Command, run: &str) {
-        command
-            .env("ATTEMPTS", self.attempts_file(run))
-            .env("POISON", "")
-            .env("FAIL_ONCE", "")
-            .env("SLEEP", "0")
-            .env_remove("RUST_LOG")
-            .env_remove("NATS_URL")
-            .current_dir(self.dir.path());
+        block_env(command, &self.attempts_file(run), self.dir.path());
     }
 
     pub fn attempts_file(&self, run: &str) -> PathBuf {
@@ -186,16 +165,7 @@ impl Setup {
 
     /// The attempts of `run`'s blocks, per (task, block id), in the order they started.
     pub fn attempts(&self, run: &str) -> BTreeMap<(String, u64), Vec<Attempt>> {
-        let text = std::fs::read_to_string(self.attempts_file(run)).unwrap_or_default();
-        let mut attempts: BTreeMap<(String, u64), Vec<Attempt>> = BTreeMap::new();
-        for line in text.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            assert_eq!(fields.len(), 4, "attempt line {line:?}");
-            attempts.entry((fields[0].to_owned(), fields[1].parse().unwrap())).or_default().push(
-                Attempt { attempt: fields[2].parse().unwrap(), pid: fields[3].parse().unwrap() },
-            );
-        }
-        attempts
+        read_attempts(&self.attempts_file(run))
     }
 
     /// How often each (task, block id) of `run` was attempted.
@@ -204,7 +174,7 @@ impl Setup {
     }
 
     pub fn attempt_lines(&self, run: &str) -> usize {
-        std::fs::read_to_string(self.attempts_file(run)).unwrap_or_default().lines().count()
+        line_count(&self.attempts_file(run))
     }
 
     /// Every outcome report recorded in `run`'s event stream so far.
@@ -245,15 +215,7 @@ impl Setup {
 
     /// The blocks (task, index) `run`'s event stream records as succeeded or skipped.
     pub fn recorded_done(&self, run: &str) -> BTreeSet<(String, u64)> {
-        let mut done = BTreeSet::new();
-        for report in self.recorded_reports(run) {
-            for result in report.results {
-                if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
-                    done.insert((report.task.clone(), result.index));
-                }
-            }
-        }
-        done
+        done_blocks(self.recorded_events(run))
     }
 
     /// Messages left in `run`'s block stream.
@@ -275,12 +237,88 @@ impl Setup {
     }
 }
 
+/// A 1-D task of `blocks` blocks of 10 without context (block ids are grid indices) and
+/// without a command or worker; `extra` adds keys.
+pub fn task(id: &str, blocks: u64, extra: &str) -> String {
+    format!(
+        "[[task]]\nid = \"{id}\"\ntotal_roi = {{ offset = [0], shape = [{}] }}\n\
+         read_roi = {{ offset = [0], shape = [10] }}\nwrite_roi = {{ offset = [0], shape = [10] }}\n\
+         read_write_conflict = false\n{extra}\n",
+        blocks * 10
+    )
+}
+
+/// `daisy run <pipeline>` from `dir`, with state and logs in `dir` and [`block_env`]'s
+/// environment (attempts go to `attempts`).
+pub fn daisy_run(pipeline: &Path, dir: &Path, attempts: &Path) -> Command {
+    let mut command = daisy();
+    command
+        .arg("run")
+        .arg(pipeline)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--log-dir")
+        .arg(dir.join("logs"));
+    block_env(&mut command, attempts, dir);
+    command
+}
+
+/// Sets the environment [`BLOCK_SH`] reads (attempts go to `attempts`; no poison, no failure,
+/// no sleep unless the test sets them), keeps the caller's `RUST_LOG` and `NATS_URL` from
+/// leaking in, and runs `command` from `dir`.
+pub fn block_env(command: &mut Command, attempts: &Path, dir: &Path) {
+    command
+        .env("ATTEMPTS", attempts)
+        .env("POISON", "")
+        .env("FAIL_ONCE", "")
+        .env("SLEEP", "0")
+        .env_remove("RUST_LOG")
+        .env_remove("NATS_URL")
+        .current_dir(dir);
+}
+
+/// The attempts an attempts file records (lines `<task> <block id> <attempt> <pid>`), per
+/// (task, block id), in the order they started; none if there is no file yet.
+pub fn read_attempts(file: &Path) -> BTreeMap<(String, u64), Vec<Attempt>> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut attempts: BTreeMap<(String, u64), Vec<Attempt>> = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 4, "attempt line {line:?}");
+        attempts
+            .entry((fields[0].to_owned(), fields[1].parse().unwrap()))
+            .or_default()
+            .push(Attempt { attempt: fields[2].parse().unwrap(), pid: fields[3].parse().unwrap() });
+    }
+    attempts
+}
+
+/// The lines in `file` so far (0 if there is no file yet).
+pub fn line_count(file: &Path) -> usize {
+    std::fs::read_to_string(file).unwrap_or_default().lines().count()
+}
+
+/// The blocks (task, index) that `events` record as succeeded or skipped.
+pub fn done_blocks(events: impl IntoIterator<Item = Event>) -> BTreeSet<(String, u64)> {
+    let mut done = BTreeSet::new();
+    for event in events {
+        if let Event::Outcomes(report) = event {
+            for result in report.results {
+                if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
+                    done.insert((report.task.clone(), result.index));
+                }
+            }
+        }
+    }
+    done
+}
+
 /// One line of an attempts file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     /// The attempt number the scheduler gave the block.
     pub attempt: u32,
-    /// The daisy-worker that ran it.
+    /// The daisy-worker that ran it (in a `run` test: the process that ran it).
     pub pid: u32,
 }
 
@@ -334,6 +372,14 @@ impl Proc {
         self.child.id()
     }
 
+    /// Sends signal `name` (`INT`, `TERM`, ...), as `kill -<name>` does.
+    pub fn signal(&self, name: &str) {
+        assert!(self.status.is_none(), "{} exited before kill -{name}", self.name);
+        let status =
+            Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status();
+        assert!(status.unwrap().success(), "kill -{name} {}", self.name);
+    }
+
     /// SIGKILL, as a crash or the OOM killer would.
     pub fn kill(&mut self) {
         if self.status.is_none() {
@@ -376,6 +422,17 @@ impl Proc {
     pub fn stderr(&self) -> String {
         let lines = self.stderr.lock().unwrap();
         lines.iter().map(|(_, line)| line.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Exit status, stdout and stderr so far as text, for assertion messages.
+    pub fn describe(&self) -> String {
+        let code = self.status.map(|status| status.code());
+        format!(
+            "{} exit {code:?}\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            self.stdout(),
+            self.stderr()
+        )
     }
 
     /// When a stderr line containing `needle` first arrived.
@@ -437,9 +494,15 @@ pub fn wait_until(what: &str, timeout: Duration, predicate: impl FnMut() -> bool
     daisy_testkit::wait_until(timeout, POLL, what, predicate).unwrap_or_else(|err| panic!("{err}"));
 }
 
+/// A task's entry in a `--json` summary.
+pub fn task_report<'a>(report: &'a Value, task: &str) -> &'a Value {
+    let tasks = report["tasks"].as_array().unwrap_or_else(|| panic!("no tasks in {report}"));
+    tasks.iter().find(|t| t["id"] == task).unwrap_or_else(|| panic!("no task {task} in {report}"))
+}
+
 /// Counters of a task in a `--json` summary: blocks, completed, skipped, failed, orphaned.
 pub fn counts(report: &Value, task: &str) -> [u64; 5] {
-    let task = report["tasks"].as_array().unwrap().iter().find(|t| t["id"] == task).unwrap();
+    let task = task_report(report, task);
     ["blocks", "completed", "skipped", "failed", "orphaned"].map(|key| task[key].as_u64().unwrap())
 }
 
@@ -455,5 +518,17 @@ pub fn assert_each_ran_once(
             let runs = attempts.get(&((*task).to_owned(), index));
             assert_eq!(runs.map(Vec::len), Some(1), "{task} {index} ran once: {runs:?}");
         }
+    }
+}
+
+/// Asserts that each of `done` (the blocks recorded as done when a run was stopped) ran
+/// exactly once: the run that resumed it did not run it again.
+pub fn assert_none_ran_again(
+    attempts: &BTreeMap<(String, u64), Vec<Attempt>>,
+    done: &BTreeSet<(String, u64)>,
+) {
+    for block in done {
+        let runs = attempts.get(block);
+        assert_eq!(runs.map(Vec::len), Some(1), "{block:?} was done when stopped: {runs:?}");
     }
 }
