@@ -12,7 +12,10 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::util::{POLL, Proc, RUN_DEADLINE, Setup, counts, describe, run, wait_until};
+use crate::util::{
+    HANG_SH, POLL, Proc, RUN_DEADLINE, Setup, Watched, counts, describe, line_count, run, task,
+    wait_until,
+};
 
 /// Task `a` of `blocks` blocks and task `b` downstream of it (block i of `b` reads block i of
 /// `a`), neither retried.
@@ -260,4 +263,28 @@ fn status_shows_leader_and_workers_and_cancel_stops_a_run_that_resumes() {
     assert!(attempts.values().all(|&n| n == 1), "no block ran twice: {attempts:?}");
     let output = setup.daisy(&["cancel", "long"]);
     assert_eq!(output.status.code(), Some(2), "a finished run: {}", describe(&output));
+}
+
+#[test]
+fn a_daisy_worker_finishes_its_blocks_on_ctrl_c_and_quits_killing_them_on_a_second() {
+    let setup = Setup::new();
+    let hang = setup.path("hang.sh");
+    std::fs::write(&hang, HANG_SH).unwrap();
+    let command = format!("command = [\"sh\", \"{}\"]", hang.display());
+    setup.pipeline("hang", &task("t", 1, &command));
+    let _scheduler = Proc::spawn("scheduler", &mut setup.scheduler("hang"));
+    let pids = setup.path("pids");
+    let mut worker = Proc::spawn("worker", setup.worker("hang").env("PIDS", &pids));
+    wait_until("the block to start", RUN_DEADLINE, || line_count(&pids) >= 1);
+    let blocks = Watched::read(&pids);
+    assert_eq!(blocks.0.len(), 2, "the command and its sleep alive");
+    worker.signal("INT");
+    worker.wait_line("again to quit at once", RUN_DEADLINE);
+    assert!(!worker.exited(), "the first Ctrl-C waits for the blocks in flight");
+    worker.signal("INT");
+    assert_eq!(worker.wait(RUN_DEADLINE), Some(130), "{}", worker.stderr());
+    // The commands run in their own process groups, out of reach of the terminal's Ctrl-C.
+    wait_until("the block commands and their children to be killed", RUN_DEADLINE, || {
+        blocks.alive().is_empty()
+    });
 }

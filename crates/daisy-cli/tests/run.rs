@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -16,9 +16,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::util::{
-    Attempt, BLOCK_SH, Proc, RUN_DEADLINE, assert_each_ran_once, assert_none_ran_again, counts,
-    daisy, daisy_run, describe, done_blocks, line_count, read_attempts, run, task, task_report,
-    wait_until,
+    Attempt, BLOCK_SH, HANG_SH, Proc, RUN_DEADLINE, Watched, assert_each_ran_once,
+    assert_none_ran_again, counts, daisy, daisy_run, describe, done_blocks, line_count,
+    read_attempts, run, task, task_report, wait_until,
 };
 
 /// A Python worker built on daisy_worker.py, driven by env vars:
@@ -71,12 +71,6 @@ for line in sys.stdin:
 /// A one-process-per-block command that never ends by itself: it starts a
 /// `sleep` (a grandchild of daisy, in the command's process group), appends
 /// `<its own pid> <the sleep's pid>` to `$PIDS` and waits.
-const HANG_SH: &str = r#"#!/bin/sh
-sleep 60 &
-echo "$$ $!" >> "$PIDS"
-wait
-"#;
-
 /// A check: blocks with even ids are already done.
 const EVEN_DONE_SH: &str = r#"
 test $((DAISY_BLOCK_ID % 2)) -eq 0
@@ -160,47 +154,6 @@ fn ctrl_c_twice(running: &mut Proc, in_flight: &Watched, what: &str) {
     wait_until(&format!("{what} to be killed"), Duration::from_secs(5), || {
         in_flight.alive().is_empty()
     });
-}
-
-/// Processes a run started, by the pids its scripts recorded, with their
-/// start times so that a reused pid is not taken for one of them. Those
-/// still alive when this is dropped are killed: a failing test leaves no
-/// orphans behind.
-struct Watched(Vec<(u32, u64)>);
-
-impl Watched {
-    /// The live processes among the pids in `file` (separated by whitespace).
-    fn read(file: &Path) -> Self {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        let pids = text.split_whitespace().map(|pid| pid.parse::<u32>().unwrap());
-        Self(pids.filter_map(|pid| Some((pid, start_time(pid)?))).collect())
-    }
-
-    fn alive(&self) -> Vec<u32> {
-        let alive = self.0.iter().filter(|&&(pid, start)| start_time(pid) == Some(start));
-        alive.map(|&(pid, _)| pid).collect()
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        for pid in self.alive() {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-        }
-    }
-}
-
-/// When `pid` started (clock ticks after boot, from `/proc/<pid>/stat`);
-/// `None` once it is gone, or dead and not yet reaped (a zombie: an orphan
-/// waits for init to reap it, and init in a container may never do so).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the `(comm)` field: state is field 3 of stat(5), starttime field 22.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if matches!(fields.first(), Some(&("Z" | "X"))) {
-        return None;
-    }
-    fields.get(22 - 3)?.parse().ok()
 }
 
 fn json(output: &Output) -> Value {

@@ -532,3 +532,51 @@ pub fn assert_none_ran_again(
         assert_eq!(runs.map(Vec::len), Some(1), "{block:?} was done when stopped: {runs:?}");
     }
 }
+
+/// Processes a run started, by the pids its scripts recorded, with their
+/// start times so that a reused pid is not taken for one of them. Those
+/// still alive when this is dropped are killed: a failing test leaves no
+/// orphans behind.
+pub struct Watched(pub Vec<(u32, u64)>);
+
+impl Watched {
+    /// The live processes among the pids in `file` (separated by whitespace).
+    pub fn read(file: &Path) -> Self {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let pids = text.split_whitespace().map(|pid| pid.parse::<u32>().unwrap());
+        Self(pids.filter_map(|pid| Some((pid, start_time(pid)?))).collect())
+    }
+
+    pub fn alive(&self) -> Vec<u32> {
+        let alive = self.0.iter().filter(|&&(pid, start)| start_time(pid) == Some(start));
+        alive.map(|&(pid, _)| pid).collect()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        for pid in self.alive() {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// When `pid` started (clock ticks after boot, from `/proc/<pid>/stat`);
+/// `None` once it is gone, or dead and not yet reaped (a zombie: an orphan
+/// waits for init to reap it, and init in a container may never do so).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the `(comm)` field: state is field 3 of stat(5), starttime field 22.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if matches!(fields.first(), Some(&("Z" | "X"))) {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
+}
+
+/// A block command that starts a child, records both pids in `$PIDS`, and hangs for a minute.
+pub const HANG_SH: &str = r#"#!/bin/sh
+sleep 60 &
+echo "$$ $!" >> "$PIDS"
+wait
+"#;
