@@ -305,6 +305,9 @@ async fn clear_cancelled(streams: &RunStreams) {
     }
 }
 
+const CANCELLED_WHILE_STANDING_BY: &str =
+    "the run was cancelled while standing by: stopping too; start a scheduler again to resume it";
+
 /// Whether `daisy cancel` marked the run's status (an unreadable status reads as not).
 async fn is_cancelled(streams: &RunStreams) -> bool {
     matches!(streams.get_status().await, Ok(Some(status)) if status.cancelled)
@@ -325,7 +328,7 @@ async fn stand_by(
     loop {
         let cancelled = is_cancelled(streams).await;
         if cancelled && saw_it_going {
-            info!(run = %options.run, "the run was cancelled while standing by: stopping too; start a scheduler again to resume it");
+            info!(run = %options.run, "{CANCELLED_WHILE_STANDING_BY}");
             return Ok(None);
         }
         saw_it_going |= !cancelled;
@@ -334,7 +337,7 @@ async fn stand_by(
                 // The leader may have been cancelled, marked the run and released the lease
                 // between the read above and this acquisition.
                 if saw_it_going && is_cancelled(streams).await {
-                    info!(run = %options.run, "the run was cancelled while standing by: stopping too; start a scheduler again to resume it");
+                    info!(run = %options.run, "{CANCELLED_WHILE_STANDING_BY}");
                     if let Err(err) = lease.release().await {
                         debug!(error = %err, "could not release the lease (it will lapse)");
                     }
@@ -434,7 +437,9 @@ async fn drop_recorded_batches(
             dispatch.blocks.iter().all(|b| done.contains(&(dispatch.task.as_str(), b.index)));
         if recorded {
             match streams.delete_block_message(sequence).await {
-                Ok(_) => {
+                // `false`: acked after all, between the two reads.
+                Ok(false) => {}
+                Ok(true) => {
                     info!(task = %dispatch.task, sequence, blocks = dispatch.blocks.len(), "batch recorded as done but not acked removed from the block stream")
                 }
                 Err(err) => {
