@@ -73,6 +73,20 @@ pub struct ReplicaOptions {
     pub on_leading: Option<Box<dyn FnOnce(watch::Receiver<RunSnapshot>) + Send>>,
 }
 
+/// An `on_leading` callback that cancels `leading` (the replica leads and has rebuilt the
+/// run from its record), then calls `then`.
+pub fn signal_leading(
+    leading: CancellationToken,
+    then: Option<Box<dyn FnOnce(watch::Receiver<RunSnapshot>) + Send>>,
+) -> Box<dyn FnOnce(watch::Receiver<RunSnapshot>) + Send> {
+    Box::new(move |snapshots| {
+        leading.cancel();
+        if let Some(then) = then {
+            then(snapshots);
+        }
+    })
+}
+
 /// An `on_leading` callback that copies the leader's snapshots into `to`
 /// (a progress display or status writer that outlives one leadership).
 pub fn forward_snapshots(

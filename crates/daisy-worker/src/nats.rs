@@ -217,6 +217,28 @@ pub async fn run_nats_worker(
     result
 }
 
+/// [`run_nats_worker`], started only once `start` is cancelled (nothing if `stop` comes
+/// first). Workers that share a process with a scheduler replica start when it leads (see
+/// `daisy_scheduler::nats::signal_leading`): blocks an earlier session left queued must be
+/// read by the replica's replay as in flight, not run and recorded before it, which would
+/// count them as done in that earlier session.
+///
+/// # Errors
+/// As [`run_nats_worker`].
+pub async fn run_nats_worker_from(
+    start: CancellationToken,
+    nats: Nats,
+    options: NatsWorkerOptions,
+    factory: Arc<NatsProcessorFactory>,
+    stop: CancellationToken,
+) -> Result<(), NatsWorkerError> {
+    tokio::select! {
+        () = start.cancelled() => {}
+        () = stop.cancelled() => return Ok(()),
+    }
+    run_nats_worker(nats, options, factory, stop).await
+}
+
 /// Waits until the run's streams and spec exist (a worker may start before
 /// the scheduler).
 async fn wait_for_run(

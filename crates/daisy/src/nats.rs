@@ -14,9 +14,11 @@ use std::time::Duration;
 use daisy_core::{Pipeline, TaskIndex, pipeline_toml};
 use daisy_nats::{ConnectOptions, LeaseHolder, RunSettings};
 use daisy_proto::{FailureKind, RunId};
-use daisy_scheduler::nats::{ReplicaError, ReplicaOptions, run_replica};
+use daisy_scheduler::nats::{ReplicaError, ReplicaOptions, run_replica, signal_leading};
 use daisy_scheduler::{ReplayMode, RunReport, SchedulerConfig};
-use daisy_worker::nats::{NatsProcessorFactory, NatsWorkerOptions, run_nats_worker};
+use daisy_worker::nats::{
+    NatsProcessorFactory, NatsWorkerOptions, run_nats_worker, run_nats_worker_from,
+};
 use daisy_worker::runner::{BlockProcessor, ProcessError, WorkBlock};
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +87,10 @@ pub(crate) async fn run_over_nats(
     let (host, name) = daisy_nats::process_identity();
     let slots = pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
     let worker_cancel = CancellationToken::new();
-    let workers = tokio::spawn(run_nats_worker(
+    // The workers start once the replica leads (see `run_nats_worker_from`).
+    let leading = CancellationToken::new();
+    let workers = tokio::spawn(run_nats_worker_from(
+        leading.clone(),
         nats.clone(),
         NatsWorkerOptions {
             run: run.clone(),
@@ -108,7 +113,7 @@ pub(crate) async fn run_over_nats(
             holder: LeaseHolder { id: name.clone(), host: host.clone(), pid: std::process::id() },
             scheduler: SchedulerConfig::default(),
             replay_mode: ReplayMode::Resume,
-            on_leading: None,
+            on_leading: Some(signal_leading(leading.clone(), None)),
         };
         match run_replica(nats.clone(), options, cancel.clone()).await {
             Ok(report) => break Ok(report),

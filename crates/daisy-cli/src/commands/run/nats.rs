@@ -12,9 +12,9 @@ use anyhow::Context;
 use daisy_core::{Pipeline, TaskIndex};
 use daisy_nats::server::{NatsServer, ServerOptions};
 use daisy_nats::{LeaseHolder, Nats, RunSettings};
-use daisy_scheduler::nats::{ReplicaError, ReplicaOptions, run_replica};
+use daisy_scheduler::nats::{ReplicaError, ReplicaOptions, run_replica, signal_leading};
 use daisy_scheduler::{RunReport, RunSnapshot, SchedulerConfig};
-use daisy_worker::nats::{NatsProcessorFactory, NatsWorkerOptions, run_nats_worker};
+use daisy_worker::nats::{NatsProcessorFactory, NatsWorkerOptions, run_nats_worker_from};
 use daisy_worker::runner::BlockProcessor;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -123,13 +123,10 @@ impl Prepared {
     ) -> anyhow::Result<RunReport> {
         let Prepared { nats, server, snapshots, .. } = self;
         let (host, name) = daisy_nats::process_identity();
-        // The local workers start once the replica leads: blocks an earlier session left
-        // queued must be read as in flight by the replay, not run (and recorded) before it,
-        // which would count them as done in that earlier session (skipped).
+        // The local workers start once the replica leads (see `run_nats_worker_from`).
         let leading = CancellationToken::new();
         let make_replica = || {
             let forward = daisy_scheduler::nats::forward_snapshots(snapshots.clone());
-            let leading = leading.clone();
             ReplicaOptions {
                 run: context.run_id.clone(),
                 spec_toml: spec_toml.clone(),
@@ -145,10 +142,7 @@ impl Prepared {
                 },
                 scheduler: SchedulerConfig::default(),
                 replay_mode: daisy_scheduler::ReplayMode::Resume,
-                on_leading: Some(Box::new(move |snapshots| {
-                    leading.cancel();
-                    forward(snapshots);
-                })),
+                on_leading: Some(signal_leading(leading.clone(), Some(forward))),
             }
         };
         let slots: u32 = context.pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
@@ -172,16 +166,13 @@ impl Prepared {
             },
         );
         let workers_cancel = CancellationToken::new();
-        let workers = {
-            let (nats, leading, stop) = (nats.clone(), leading.clone(), workers_cancel.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    () = leading.cancelled() => {}
-                    () = stop.cancelled() => return Ok(()),
-                }
-                run_nats_worker(nats, worker_options, factory, stop).await
-            })
-        };
+        let workers = tokio::spawn(run_nats_worker_from(
+            leading.clone(),
+            nats.clone(),
+            worker_options,
+            factory,
+            workers_cancel.clone(),
+        ));
         let report = loop {
             match run_replica(nats.clone(), make_replica(), cancel.clone()).await {
                 Ok(report) => break Ok(report),
