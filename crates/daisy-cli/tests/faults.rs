@@ -28,12 +28,13 @@ fn a_worker_killed_mid_block_has_its_block_redelivered_and_the_run_completes() {
         setup.attempts("r").values().flatten().any(|a| a.pid == victim_pid)
     });
     victim.kill();
+    let done = setup.recorded_done("r");
     let held: Vec<u64> = setup
         .attempts("r")
         .iter()
         .filter(|(_, runs)| runs.iter().any(|a| a.pid == victim_pid))
         .map(|((_, index), _)| *index)
-        .filter(|index| !setup.recorded_done("r").contains(&("t".to_owned(), *index)))
+        .filter(|index| !done.contains(&("t".to_owned(), *index)))
         .collect();
     assert_eq!(held.len(), 1, "worker A held one block when it was killed");
 

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use daisy_nats::{ConnectOptions, Nats};
 use daisy_proto::{Event, OutcomeKind, OutcomeReport, RunId};
 use daisy_testkit::TestNats;
-use futures::StreamExt;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -76,6 +75,8 @@ pub struct Setup {
     /// One worker thread keeps the client's connection served between `block_on` calls.
     pub runtime: tokio::runtime::Runtime,
     pub client: Nats,
+    /// Plain JetStream, to read a run's events without leaving consumers behind.
+    pub jetstream: async_nats::jetstream::Context,
 }
 
 impl Setup {
@@ -91,9 +92,14 @@ impl Setup {
         let client = runtime
             .block_on(daisy_nats::connect(&ConnectOptions::new(nats.url())))
             .expect("the test connects");
+        let jetstream = runtime.block_on(async {
+            async_nats::jetstream::new(
+                async_nats::connect(nats.url()).await.expect("the test connects"),
+            )
+        });
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("block.sh"), BLOCK_SH).unwrap();
-        Setup { nats, dir, runtime, client }
+        Setup { nats, dir, runtime, client, jetstream }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -189,25 +195,25 @@ impl Setup {
             .collect()
     }
 
-    /// Every decodable event in `run`'s event stream, oldest first.
+    /// Every decodable event in `run`'s event stream, oldest first; none if the stream does
+    /// not exist (yet).
+    ///
+    /// Reads message by message by sequence rather than through a replay: tests poll this
+    /// every [`POLL`], and each replay leaves an ordered consumer on the server for 30 s,
+    /// enough of them to hit the server's limit of 1000 consumers per stream.
     pub fn recorded_events(&self, run: &str) -> Vec<Event> {
-        let run = RunId::new(run).unwrap();
+        let name = daisy_proto::subjects::event_stream(&RunId::new(run).unwrap());
         self.runtime.block_on(async {
-            let Ok(streams) = self.client.open_run(&run).await else { return Vec::new() };
-            let mut replay = streams.replay_events(1).await.expect("replay starts");
-            let end = replay.caught_up_at();
+            let Ok(stream) = self.jetstream.get_stream(&name).await else { return Vec::new() };
+            let state = stream.get_info().await.expect("the event stream's state reads").state;
             let mut events = Vec::new();
-            if end == 0 {
-                return events;
-            }
-            loop {
-                let next = tokio::time::timeout(Duration::from_secs(10), replay.next()).await;
-                let (sequence, event) =
-                    next.expect("replay delivers").expect("replay goes on").expect("replays");
-                events.extend(event.ok());
-                if sequence >= end {
-                    break;
+            for sequence in state.first_sequence..=state.last_sequence {
+                if sequence == 0 {
+                    continue;
                 }
+                let message = stream.get_raw_message(sequence).await;
+                let message = message.unwrap_or_else(|e| panic!("event {sequence} reads: {e}"));
+                events.extend(daisy_proto::decode::<Event>(&message.payload).ok());
             }
             events
         })
