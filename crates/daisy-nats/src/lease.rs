@@ -37,6 +37,14 @@ pub struct LeaseHolder {
     pub pid: u32,
 }
 
+impl LeaseHolder {
+    /// This process, named by [`crate::process_identity`].
+    pub fn this_process() -> Self {
+        let (host, id) = crate::process_identity();
+        LeaseHolder { id, host, pid: std::process::id() }
+    }
+}
+
 /// The lease as recorded in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRecord {

@@ -67,6 +67,23 @@ pub struct NatsWorkerOptions {
     pub liveness_ttl: Duration,
 }
 
+impl NatsWorkerOptions {
+    /// Serving every task of `run` with `slots` slots until the run finishes, named after
+    /// this process ([`daisy_nats::process_identity`]), with a 30 s liveness TTL.
+    pub fn new(run: RunId, slots: u32) -> Self {
+        let (host, name) = daisy_nats::process_identity();
+        NatsWorkerOptions {
+            run,
+            tasks: Vec::new(),
+            slots,
+            forever: false,
+            name,
+            host,
+            liveness_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Why a NATS worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsWorkerError {

@@ -84,23 +84,16 @@ pub(crate) async fn run_over_nats(
         .map_err(|e| nats_error("connecting to NATS")(&e))?;
     let specs: Vec<_> = pipeline.tasks().iter().map(|t| t.spec.clone()).collect();
     let spec_toml = pipeline_toml(&specs, CLOSURE_PLACEHOLDER);
-    let (host, name) = daisy_nats::process_identity();
     let slots = pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
+    let worker_options = NatsWorkerOptions::new(run.clone(), slots);
+    let holder = LeaseHolder::this_process();
     let worker_cancel = CancellationToken::new();
     // The workers start once the replica leads (see `run_nats_worker_from`).
     let leading = CancellationToken::new();
     let workers = tokio::spawn(run_nats_worker_from(
         leading.clone(),
         nats.clone(),
-        NatsWorkerOptions {
-            run: run.clone(),
-            tasks: Vec::new(),
-            slots,
-            forever: false,
-            name: name.clone(),
-            host: host.clone(),
-            liveness_ttl: Duration::from_secs(30),
-        },
+        worker_options,
         closure_factory(tasks),
         worker_cancel.clone(),
     ));
@@ -110,7 +103,7 @@ pub(crate) async fn run_over_nats(
             spec_toml: spec_toml.clone(),
             pipeline: pipeline.clone(),
             settings: RunSettings { lease_ttl: Duration::from_secs(5), ..RunSettings::default() },
-            holder: LeaseHolder { id: name.clone(), host: host.clone(), pid: std::process::id() },
+            holder: holder.clone(),
             scheduler: SchedulerConfig::default(),
             replay_mode: ReplayMode::Resume,
             on_leading: Some(signal_leading(leading.clone(), None)),
@@ -171,18 +164,9 @@ impl Worker {
         let nats = daisy_nats::connect(&ConnectOptions::new(self.url.clone()))
             .await
             .map_err(|e| nats_error("connecting to NATS")(&e))?;
-        let (host, name) = daisy_nats::process_identity();
         run_nats_worker(
             nats,
-            NatsWorkerOptions {
-                run,
-                tasks: Vec::new(),
-                slots: self.slots,
-                forever: false,
-                name,
-                host,
-                liveness_ttl: Duration::from_secs(30),
-            },
+            NatsWorkerOptions::new(run, self.slots),
             closure_factory(&tasks),
             self.cancel,
         )

@@ -89,7 +89,7 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
         .context("starting the async runtime")?;
     let report = runtime.block_on(async {
         let nats = cli.nats.connect(url.clone(), "daisy-scheduler").await?;
-        let (host, name) = daisy_nats::process_identity();
+        let holder = LeaseHolder::this_process();
         let cancel = CancellationToken::new();
         let run_over = CancellationToken::new();
         let interrupts = tokio::spawn(crate::commands::run::watch_interrupts(
@@ -106,7 +106,7 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
         let progress = Progress::new(ProgressMode::choose(cli.no_progress), &tasks, logs.clone());
         let stop_progress = CancellationToken::new();
         let progress_task = tokio::spawn(follow(progress, receiver, stop_progress.clone()));
-        info!(run = %run_id, url = %url, replica = %name, "scheduler replica started");
+        info!(run = %run_id, url = %url, replica = %holder.id, "scheduler replica started");
         let result = loop {
             let forward = snapshots.clone();
             let options = ReplicaOptions {
@@ -114,11 +114,7 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
                 spec_toml: spec_toml.clone(),
                 pipeline: pipeline.clone(),
                 settings: RunSettings { lease_ttl: cli.lease_ttl, ..RunSettings::default() },
-                holder: LeaseHolder {
-                    id: name.clone(),
-                    host: host.clone(),
-                    pid: std::process::id(),
-                },
+                holder: holder.clone(),
                 scheduler: SchedulerConfig::default(),
                 replay_mode: daisy_scheduler::ReplayMode::Continue,
                 on_leading: Some(daisy_scheduler::nats::forward_snapshots(forward)),

@@ -103,7 +103,6 @@ fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         let nats = cli.nats.connect(url.clone(), "daisy-worker").await?;
         let cancel = CancellationToken::new();
         let signals = tokio::spawn(stop_on_signal(cancel.clone()));
-        let (host, name) = daisy_nats::process_identity();
         loop {
             let Some(run) = choose_run(&nats, cli.run.as_deref(), &cancel).await? else { break };
             let workdir = workdir.clone();
@@ -120,13 +119,8 @@ fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
                 },
             );
             let options = NatsWorkerOptions {
-                run: run.clone(),
                 tasks: cli.tasks.clone(),
-                slots,
-                forever: false,
-                name: name.clone(),
-                host: host.clone(),
-                liveness_ttl: Duration::from_secs(30),
+                ..NatsWorkerOptions::new(run.clone(), slots)
             };
             info!(run = %run, slots, url = %url, "serving run");
             run_nats_worker(nats.clone(), options, factory, cancel.clone()).await?;

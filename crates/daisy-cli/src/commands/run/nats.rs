@@ -122,7 +122,6 @@ impl Prepared {
         cancel: CancellationToken,
     ) -> anyhow::Result<RunReport> {
         let Prepared { nats, server, snapshots, .. } = self;
-        let (host, name) = daisy_nats::process_identity();
         // The local workers start once the replica leads (see `run_nats_worker_from`).
         let leading = CancellationToken::new();
         let make_replica = || {
@@ -135,26 +134,14 @@ impl Prepared {
                     lease_ttl: Duration::from_secs(5),
                     ..RunSettings::default()
                 },
-                holder: LeaseHolder {
-                    id: name.clone(),
-                    host: host.clone(),
-                    pid: std::process::id(),
-                },
+                holder: LeaseHolder::this_process(),
                 scheduler: SchedulerConfig::default(),
                 replay_mode: daisy_scheduler::ReplayMode::Resume,
                 on_leading: Some(signal_leading(leading.clone(), Some(forward))),
             }
         };
         let slots: u32 = context.pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
-        let worker_options = NatsWorkerOptions {
-            run: context.run_id.clone(),
-            tasks: Vec::new(),
-            slots,
-            forever: false,
-            name: name.clone(),
-            host: host.clone(),
-            liveness_ttl: Duration::from_secs(30),
-        };
+        let worker_options = NatsWorkerOptions::new(context.run_id.clone(), slots);
         let processes = context.processes.clone();
         let children = context.children.clone();
         let factory: Arc<NatsProcessorFactory> = Arc::new(
