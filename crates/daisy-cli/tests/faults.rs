@@ -63,6 +63,25 @@ fn two_tasks(setup: &Setup, timeout: &str) -> String {
         + &setup.task("second", 12, &format!("upstream = [\"first\"]\n{extra}"))
 }
 
+/// `scheduler`, leading run `r` of [`two_tasks`] after a kill, exits 0 with every block
+/// succeeded, each run once: none of `done_at_kill` again, and the block stream is empty.
+fn assert_two_tasks_finish_rerunning_nothing(
+    setup: &Setup,
+    scheduler: &mut Proc,
+    done_at_kill: &BTreeSet<(String, u64)>,
+) {
+    assert_eq!(scheduler.wait(RUN_DEADLINE), Some(0), "{}", scheduler.stderr());
+    let report = scheduler.json();
+    assert_eq!(counts(&report, "first"), [12, 12, 0, 0, 0]);
+    assert_eq!(counts(&report, "second"), [12, 12, 0, 0, 0]);
+    let attempts = setup.attempts("r");
+    for block in done_at_kill {
+        assert_eq!(attempts[block].len(), 1, "{block:?} succeeded before the kill and ran again");
+    }
+    assert_each_ran_once(&attempts, &[("first", 12), ("second", 12)]);
+    assert_eq!(setup.block_message_count("r"), 0);
+}
+
 #[test]
 fn a_standby_takes_over_from_a_killed_leader_within_the_lease_ttl_and_reruns_nothing() {
     let setup = Setup::new();
@@ -85,16 +104,7 @@ fn a_standby_takes_over_from_a_killed_leader_within_the_lease_ttl_and_reruns_not
     eprintln!("failover: standby leads {leads:?} and dispatches {dispatches:?} after the kill");
     assert!(dispatches < Duration::from_secs(2 + 2), "lease TTL 2s + 2s: {dispatches:?}");
 
-    assert_eq!(standby.wait(RUN_DEADLINE), Some(0), "{}", standby.stderr());
-    let report = standby.json();
-    assert_eq!(counts(&report, "first"), [12, 12, 0, 0, 0]);
-    assert_eq!(counts(&report, "second"), [12, 12, 0, 0, 0]);
-    let attempts = setup.attempts("r");
-    for block in &done_at_kill {
-        assert_eq!(attempts[block].len(), 1, "{block:?} succeeded before the kill and ran again");
-    }
-    assert_each_ran_once(&attempts, &[("first", 12), ("second", 12)]);
-    assert_eq!(setup.block_message_count("r"), 0);
+    assert_two_tasks_finish_rerunning_nothing(&setup, &mut standby, &done_at_kill);
 }
 
 #[test]
@@ -111,17 +121,8 @@ fn the_only_scheduler_killed_and_started_again_reruns_nothing() {
     assert!(done_at_kill.len() < 24, "killed before the end");
 
     let mut second = Proc::spawn("restarted scheduler", &mut setup.scheduler("r"));
-    assert_eq!(second.wait(RUN_DEADLINE), Some(0), "{}", second.stderr());
+    assert_two_tasks_finish_rerunning_nothing(&setup, &mut second, &done_at_kill);
     assert!(second.stderr().contains("taking over"), "{}", second.stderr());
-    let report = second.json();
-    assert_eq!(counts(&report, "first"), [12, 12, 0, 0, 0]);
-    assert_eq!(counts(&report, "second"), [12, 12, 0, 0, 0]);
-    let attempts = setup.attempts("r");
-    for block in &done_at_kill {
-        assert_eq!(attempts[block].len(), 1, "{block:?} succeeded before the kill and ran again");
-    }
-    assert_each_ran_once(&attempts, &[("first", 12), ("second", 12)]);
-    assert_eq!(setup.block_message_count("r"), 0);
 }
 
 #[test]
