@@ -280,6 +280,25 @@ fn a_poison_block_fails_after_its_deliveries_its_dependents_are_orphaned_and_the
     assert_eq!(setup.block_message_count("r"), 0, "the poison message is gone");
 }
 
+/// Provisions run `r` with its pipeline file and publishes one batch of task `t` by hand,
+/// as the leader of epoch 1 would: `blocks` at attempt 1.
+fn publish_batch_by_hand(setup: &Setup, blocks: &[u64]) {
+    let run = RunId::new("r").unwrap();
+    let task = daisy_core::TaskId::new("t").unwrap();
+    let dispatch = Dispatch {
+        task: "t".into(),
+        epoch: 1,
+        blocks: blocks.iter().map(|&index| BlockWork { index, attempt: 1 }).collect(),
+    };
+    let msg_id = MsgId::dispatch_of_epoch(&run, &task, blocks[0], 1, 1);
+    setup.runtime.block_on(async {
+        let streams = setup.client.provision_run(&run, &RunSettings::default()).await.unwrap();
+        let spec = std::fs::read_to_string(setup.pipeline_file("r")).unwrap();
+        streams.put_spec(&spec).await.unwrap();
+        setup.client.publish_dispatch(&run, &task, &dispatch, &msg_id, None).await.unwrap();
+    });
+}
+
 #[test]
 fn a_batch_running_three_times_its_ack_wait_with_heartbeats_is_not_redelivered() {
     // The real scheduler cannot produce a single delivery this long: `timeout` is both
@@ -287,22 +306,7 @@ fn a_batch_running_three_times_its_ack_wait_with_heartbeats_is_not_redelivered()
     // batch. A batch of fast-then-slow blocks can, so this test publishes one by hand.
     let setup = Setup::new();
     setup.pipeline("r", &setup.task("t", 4, "max_workers = 2\ntimeout = \"2s\""));
-    let run = RunId::new("r").unwrap();
-    let task_id = daisy_core::TaskId::new("t").unwrap();
-    let dispatch = Dispatch {
-        task: "t".into(),
-        epoch: 1,
-        blocks: (0..4).map(|index| BlockWork { index, attempt: 1 }).collect(),
-    };
-    setup.runtime.block_on(async {
-        let streams = setup.client.provision_run(&run, &RunSettings::default()).await.unwrap();
-        streams
-            .put_spec(&std::fs::read_to_string(setup.pipeline_file("r")).unwrap())
-            .await
-            .unwrap();
-        let msg_id = MsgId::dispatch(&run, &task_id, 0, 1);
-        setup.client.publish_dispatch(&run, &task_id, &dispatch, &msg_id, None).await.unwrap();
-    });
+    publish_batch_by_hand(&setup, &[0, 1, 2, 3]);
     // Four blocks of 1.6 s: 6.4 s in one delivery, 3.2 x the AckWait of 2 s. The second
     // worker idles, ready to take a redelivery.
     let started = Instant::now();
@@ -326,21 +330,10 @@ fn a_batch_recorded_but_never_acked_is_removed_by_the_next_leader_and_not_run_ag
     // the block stream when a scheduler takes over.
     let setup = Setup::new();
     setup.pipeline("r", &setup.task("t", 4, "max_workers = 2"));
+    publish_batch_by_hand(&setup, &[1]);
     let run = RunId::new("r").unwrap();
     let task_id = daisy_core::TaskId::new("t").unwrap();
     setup.runtime.block_on(async {
-        let streams = setup.client.provision_run(&run, &RunSettings::default()).await.unwrap();
-        streams
-            .put_spec(&std::fs::read_to_string(setup.pipeline_file("r")).unwrap())
-            .await
-            .unwrap();
-        let dispatch = Dispatch {
-            task: "t".into(),
-            epoch: 1,
-            blocks: vec![BlockWork { index: 1, attempt: 1 }],
-        };
-        let msg_id = MsgId::dispatch_of_epoch(&run, &task_id, 1, 1, 1);
-        setup.client.publish_dispatch(&run, &task_id, &dispatch, &msg_id, None).await.unwrap();
         let recorded = Event::Outcomes(OutcomeReport {
             task: "t".into(),
             worker: "gone-t-0".into(),
