@@ -139,6 +139,17 @@ pub enum ReleaseError {
         /// The block.
         key: BlockKey,
     },
+    /// The block is being processed, but by a later attempt than the one released (a late
+    /// report of a worker that was given up on): the release was ignored.
+    #[error("block {key:?} is at attempt {current}, not {released}: stale release ignored")]
+    StaleAttempt {
+        /// The block.
+        key: BlockKey,
+        /// The attempt the release was for.
+        released: u32,
+        /// The attempt being processed.
+        current: u32,
+    },
 }
 
 struct TaskState {
@@ -368,6 +379,52 @@ impl Scheduler {
             return Err(ReleaseError::NotProcessing { key });
         }
         self.release(key, outcome)
+    }
+
+    /// Records the outcome of `attempt` at a processing block; a release for another
+    /// attempt than the current one is stale and ignored, so a late failure of an attempt
+    /// given up on never fails the attempt running now.
+    ///
+    /// # Errors
+    /// [`ReleaseError::NotProcessing`] if the block is not being processed,
+    /// [`ReleaseError::StaleAttempt`] if it is at another attempt; nothing changes then.
+    pub fn release_attempt(
+        &mut self,
+        key: BlockKey,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<Released, ReleaseError> {
+        let state = &self.tasks[key.task.get()];
+        if !state.processing.contains(key.index.0 as usize) {
+            return Err(ReleaseError::NotProcessing { key });
+        }
+        let current = state.attempt_of(key.index);
+        if attempt != current {
+            return Err(ReleaseError::StaleAttempt { key, released: attempt, current });
+        }
+        self.release(key, outcome)
+    }
+
+    /// Hands a processing block back unstarted (its worker stopped before it began, or its
+    /// dispatch was lost): the block is ready again, first in its task's queue, and no
+    /// attempt is counted. Returns false (and changes nothing) if it is not processing.
+    pub fn return_unstarted(&mut self, key: BlockKey) -> bool {
+        let position = key.index.0 as usize;
+        let state = &mut self.tasks[key.task.get()];
+        if !state.processing.contains(position) {
+            return false;
+        }
+        state.processing.set(position, false);
+        state.counters.processing -= 1;
+        state.queued.insert(position);
+        state.queue.push_front(key.index);
+        state.counters.ready += 1;
+        true
+    }
+
+    /// The attempt `key` is at (or would start at), from 1.
+    pub fn attempt(&self, key: BlockKey) -> u32 {
+        self.tasks[key.task.get()].attempt_of(key.index)
     }
 
     /// Records the outcome of an attempt at a processing block.

@@ -389,8 +389,21 @@ proptest! {
             for _ in 0..release_count {
                 let position = next_random() as usize % processing.len();
                 let key = processing.swap_remove(position);
+                let attempt = attempts[&key];
+                // A late report of an earlier attempt is ignored and changes nothing.
+                if attempt > 1 {
+                    let stale = scheduler.release_attempt(key, attempt - 1, Outcome::Failed);
+                    prop_assert!(stale.is_err(), "a stale failure was applied");
+                }
+                // A worker stopped before it started the block hands it back: no attempt is
+                // counted, and it is handed out again at the same attempt.
+                if next_random() % 100 < 10 {
+                    prop_assert!(scheduler.return_unstarted(key));
+                    *attempts.get_mut(&key).expect("acquired") -= 1;
+                    continue;
+                }
                 let outcome = if next_random() % 100 < fail_percent { Outcome::Failed } else { Outcome::Success };
-                match scheduler.release(key, outcome).unwrap() {
+                match scheduler.release_attempt(key, attempt, outcome).unwrap() {
                     Released::Completed { .. } => { *succeeded.entry(key).or_default() += 1; }
                     Released::WillRetry { failed_attempts } => {
                         prop_assert!(failed_attempts <= pipeline.task(key.task).spec.max_retries);

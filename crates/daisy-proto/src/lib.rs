@@ -38,6 +38,9 @@
 //!     }],
 //!     worker_restarts: 0,
 //!     epoch: 1,
+//!     dispatch_sequence: 12,
+//!     delivery: 1,
+//!     ..Default::default()
 //! });
 //! let bytes = encode(&event);
 //! assert_eq!(decode::<Event>(&bytes).unwrap(), event);
@@ -53,6 +56,6 @@ pub mod subjects;
 pub use codec::{DecodeError, PROTOCOL_VERSION, decode, encode};
 pub use layout::layout_hash;
 pub use messages::{
-    BlockResult, BlockWork, Dispatch, Event, FailureKind, OutcomeKind, OutcomeReport, RunId,
-    WorkerId,
+    BlockResult, BlockWork, Dispatch, EpochFence, Event, FailureKind, OutcomeKind, OutcomeReport,
+    RunId, WorkerId,
 };

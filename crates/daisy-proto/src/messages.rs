@@ -48,7 +48,7 @@ impl fmt::Display for RunId {
 }
 
 /// Who processed a block: unique per worker slot (host, process, slot).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct WorkerId(pub String);
 
@@ -118,6 +118,44 @@ impl FailureKind {
     }
 }
 
+impl Event {
+    /// The lease epoch of the scheduler that wrote this event, for events only a scheduler
+    /// writes: they are fenced by it (see [`Event::RunStarted::epoch`]).
+    pub fn leader_epoch(&self) -> Option<u64> {
+        match self {
+            Event::RunStarted { epoch, .. } | Event::TaskAbandoned { epoch, .. } => Some(*epoch),
+            Event::Outcomes(report) => report.leader_epoch,
+            Event::RetryRequested { .. } | Event::CancelRequested { .. } => None,
+        }
+    }
+}
+
+/// Tells which events a deposed leader wrote, in stream order: an event a scheduler wrote is
+/// stale when a leader of a later epoch started before it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EpochFence {
+    /// The greatest epoch of a [`Event::RunStarted`] seen so far.
+    latest_started: u64,
+}
+
+impl EpochFence {
+    /// Takes the next event in stream order; returns whether it must be ignored (written by a
+    /// scheduler whose epoch a later leader has superseded).
+    pub fn is_stale(&mut self, event: &Event) -> bool {
+        let Some(epoch) = event.leader_epoch() else { return false };
+        if let Event::RunStarted { .. } = event {
+            self.latest_started = self.latest_started.max(epoch);
+            return false;
+        }
+        epoch < self.latest_started
+    }
+
+    /// The greatest leader epoch started so far.
+    pub fn latest_started(&self) -> u64 {
+        self.latest_started
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -161,7 +199,12 @@ pub struct BlockResult {
 }
 
 /// Outcomes of blocks of one task, from one worker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// A report answers one dispatch message (`dispatch_sequence`, `delivery`): it may cover only
+/// part of its blocks (the worker was stopped and hands the unstarted rest back in
+/// `returned`), and one delivery's outcomes may be split over several reports (`part`) when
+/// they would not fit in one message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeReport {
     /// The task (its id).
     pub task: String,
@@ -176,6 +219,34 @@ pub struct OutcomeReport {
     /// event even from the same worker with the same attempt number.
     #[serde(default)]
     pub epoch: u64,
+    /// The block-stream sequence of the dispatch message these outcomes answer; 0 when the
+    /// dispatch did not come through a block stream (in-process runs).
+    #[serde(default)]
+    pub dispatch_sequence: u64,
+    /// Which delivery of that message the worker ran (JetStream's count, from 1; 0
+    /// in-process). A redelivery's outcomes are new events, never duplicates of an earlier
+    /// delivery's.
+    #[serde(default)]
+    pub delivery: u64,
+    /// Which part of one delivery's outcomes this is, from 0 (see the type's docs).
+    #[serde(default)]
+    pub part: u32,
+    /// Blocks of the dispatch handed back unstarted (dense indices): the worker was stopped
+    /// before it started them. They go back to ready without counting an attempt.
+    #[serde(default)]
+    pub returned: Vec<u64>,
+    /// The lease epoch of the scheduler that wrote this report itself (failures of dead
+    /// letters); `None` for a worker's report. A replay ignores a leader's report older than
+    /// a later leader's [`Event::RunStarted`].
+    #[serde(default)]
+    pub leader_epoch: Option<u64>,
+}
+
+impl OutcomeReport {
+    /// The lease epoch of the scheduler that wrote this event, if a scheduler did.
+    pub fn written_by_leader(&self) -> Option<u64> {
+        self.leader_epoch
+    }
 }
 
 /// What is recorded about a run, in order: the journal of an in-process
@@ -188,6 +259,11 @@ pub enum Event {
         layout_hash: String,
         /// Milliseconds since the Unix epoch, from the recorder's clock.
         unix_ms: u64,
+        /// The lease epoch of the leader that started (0 in-process). Events a scheduler
+        /// wrote with an older epoch after this one come from a deposed leader and are
+        /// ignored.
+        #[serde(default)]
+        epoch: u64,
     },
     /// Outcomes of attempts.
     Outcomes(OutcomeReport),
@@ -198,6 +274,10 @@ pub enum Event {
         task: String,
         /// Why, for people.
         reason: String,
+        /// The lease epoch of the leader that gave up (0 in-process); see
+        /// [`Event::RunStarted::epoch`].
+        #[serde(default)]
+        epoch: u64,
     },
     /// An operator asked to re-drive the failed and orphaned blocks of a
     /// finished run (`daisy retry`): a scheduler that rebuilds the run
@@ -232,11 +312,29 @@ mod tests {
 
     #[test]
     fn wrong_versions_and_garbage_are_errors() {
-        let mut bytes = encode(&Event::TaskAbandoned { task: "a".into(), reason: "r".into() });
+        let mut bytes =
+            encode(&Event::TaskAbandoned { task: "a".into(), reason: "r".into(), epoch: 1 });
         bytes[0] = 99;
         assert!(matches!(decode::<Event>(&bytes), Err(DecodeError::Version { found: 99, .. })));
         assert_eq!(decode::<Event>(&[]), Err(DecodeError::Empty));
         assert!(matches!(decode::<Event>(&[1, 0xc1, 0xff]), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn events_of_a_deposed_leader_are_stale_once_a_later_leader_started() {
+        let started = |epoch| Event::RunStarted { layout_hash: "h".into(), unix_ms: 0, epoch };
+        let abandoned =
+            |epoch| Event::TaskAbandoned { task: "t".into(), reason: "r".into(), epoch };
+        let worker = Event::Outcomes(OutcomeReport { task: "t".into(), ..Default::default() });
+        let mut fence = EpochFence::default();
+        assert!(!fence.is_stale(&started(3)));
+        assert!(!fence.is_stale(&abandoned(3)));
+        assert!(!fence.is_stale(&started(7)));
+        assert!(fence.is_stale(&abandoned(3)), "epoch 3 was deposed by epoch 7");
+        assert!(!fence.is_stale(&worker), "worker reports are fenced elsewhere");
+        let dead_letter = Event::Outcomes(OutcomeReport { leader_epoch: Some(3), ..Default::default() });
+        assert!(fence.is_stale(&dead_letter));
+        assert!(!fence.is_stale(&abandoned(7)));
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! | block subject of a task | `daisy.v1.<run>.block.<task>` |
 //! | all block subjects | `daisy.v1.<run>.block.>` |
 //! | task event subject | `daisy.v1.<run>.event.task.<task>` |
+//! | outcomes of one dispatch message | `daisy.v1.<run>.event.task.<task>.<dispatch sequence>` |
+//! | a new leader's fence in the block stream | `daisy.v1.<run>.block.fence.<epoch>` |
 //! | run event subject | `daisy.v1.<run>.event.run` |
 //! | all event subjects | `daisy.v1.<run>.event.>` |
 //! | block stream (WorkQueue) | `DAISY_<run>_BLOCKS` |
@@ -88,21 +90,45 @@ pub fn block_subjects(run: &RunId) -> String {
     format!("{SUBJECT_PREFIX}.{run}.block.>")
 }
 
-/// Where an event belongs: to the whole run or to one task.
+/// The subject of the marker a new leader publishes in the block stream before it
+/// dispatches anything: `daisy.v1.<run>.block.fence.<epoch>`.
+///
+/// Dispatches are published with `Nats-Expected-Last-Sequence`, so once the marker is stored
+/// no earlier leader's dispatch can be (see the scheduler's fencing docs). Two tokens after
+/// `block`, so no task consumer (filtered on `block.<task>`) ever receives it.
+pub fn fence_subject(run: &RunId, epoch: u64) -> String {
+    format!("{SUBJECT_PREFIX}.{run}.block.fence.{epoch}")
+}
+
+/// Whether a block-stream subject is a leader's fence marker, not a task's dispatch.
+pub fn is_fence_subject(run: &RunId, subject: &str) -> bool {
+    subject
+        .strip_prefix(&format!("{SUBJECT_PREFIX}.{run}.block.fence."))
+        .is_some_and(|epoch| epoch.parse::<u64>().is_ok())
+}
+
+/// Where an event belongs: to the whole run, to one task, or to one dispatch message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventScope<'a> {
     /// A run-level event (a run started, a retry or cancel requested).
     Run,
-    /// An event about one task (outcomes, a task abandoned).
+    /// An event about one task (a task abandoned).
     Task(&'a TaskId),
+    /// Outcomes of the blocks of one dispatch message (by its block-stream sequence): a
+    /// worker handed a redelivery reads what was recorded for it on this subject alone.
+    Batch(&'a TaskId, u64),
 }
 
 /// The subject an event is published on: `daisy.v1.<run>.event.task.<task>` for a task,
+/// `daisy.v1.<run>.event.task.<task>.<sequence>` for a dispatch message,
 /// `daisy.v1.<run>.event.run` for the run.
 pub fn event_subject(run: &RunId, scope: EventScope<'_>) -> String {
     match scope {
         EventScope::Run => format!("{SUBJECT_PREFIX}.{run}.event.run"),
         EventScope::Task(task) => format!("{SUBJECT_PREFIX}.{run}.event.task.{task}"),
+        EventScope::Batch(task, sequence) => {
+            format!("{SUBJECT_PREFIX}.{run}.event.task.{task}.{sequence}")
+        }
     }
 }
 
@@ -227,17 +253,32 @@ impl MsgId {
 
     /// The id of an event, derived from its content so that a retried publish of the same
     /// event gets the same id:
-    /// * `RunStarted`: `<run>/run/started/<unix_ms>`;
-    /// * `Outcomes`: `<run>/<task>/<first index>/<first attempt>/outcomes/<count>/<worker>/<epoch>`
-    ///   (`-` for the index and attempt of an empty report). The worker is part of it, so two
-    ///   workers that both finished a block (a late ack) are both recorded; the dispatch epoch
-    ///   too, so a block retried by `daisy retry` on the same worker is recorded again;
-    /// * `TaskAbandoned`: `<run>/<task>/abandoned`;
+    /// * `RunStarted`: `<run>/run/started/<epoch>/<unix_ms>`;
+    /// * `Outcomes` of a dispatch message (`dispatch_sequence` > 0):
+    ///   `<run>/<task>/d<sequence>/<delivery>/<part>/outcomes`, or
+    ///   `<run>/<task>/d<sequence>/exhausted` for the failure a leader records for a dead
+    ///   letter. Every delivery of a message is its own event (a block that failed and then
+    ///   succeeded on a redelivery is recorded twice), and only a retried publish of the same
+    ///   delivery and part is dropped as a duplicate;
+    /// * other `Outcomes`: `<run>/<task>/<first index>/<first attempt>/outcomes/<count>/<worker>/<epoch>`
+    ///   (`-` for the index and attempt of an empty report);
+    /// * `TaskAbandoned`: `<run>/<task>/abandoned/<epoch>`;
     /// * `RetryRequested`: `<run>/run/retry/<unix_ms>`;
     /// * `CancelRequested`: `<run>/run/cancel/<unix_ms>`.
     pub fn for_event(run: &RunId, event: &Event) -> MsgId {
         match event {
-            Event::RunStarted { unix_ms, .. } => MsgId(format!("{run}/run/started/{unix_ms}")),
+            Event::RunStarted { unix_ms, epoch, .. } => {
+                MsgId(format!("{run}/run/started/{epoch}/{unix_ms}"))
+            }
+            Event::Outcomes(report) if report.dispatch_sequence > 0 => {
+                let (task, sequence) = (&report.task, report.dispatch_sequence);
+                if report.leader_epoch.is_some() {
+                    MsgId(format!("{run}/{task}/d{sequence}/exhausted"))
+                } else {
+                    let (delivery, part) = (report.delivery, report.part);
+                    MsgId(format!("{run}/{task}/d{sequence}/{delivery}/{part}/outcomes"))
+                }
+            }
             Event::Outcomes(report) => {
                 let (index, attempt) = match report.results.first() {
                     Some(first) => (first.index.to_string(), first.attempt.to_string()),
@@ -251,7 +292,9 @@ impl MsgId {
                     epoch = report.epoch,
                 ))
             }
-            Event::TaskAbandoned { task, .. } => MsgId(format!("{run}/{task}/abandoned")),
+            Event::TaskAbandoned { task, epoch, .. } => {
+                MsgId(format!("{run}/{task}/abandoned/{epoch}"))
+            }
             Event::RetryRequested { unix_ms } => MsgId(format!("{run}/run/retry/{unix_ms}")),
             Event::CancelRequested { unix_ms } => MsgId(format!("{run}/run/cancel/{unix_ms}")),
         }
@@ -308,6 +351,10 @@ mod tests {
             assert!(is_subject(&block_subjects(&run), true));
             assert!(is_subject(&event_subject(&run, EventScope::Task(&task)), false));
             assert!(is_subject(&event_subject(&run, EventScope::Run), false));
+            assert!(is_subject(&event_subject(&run, EventScope::Batch(&task, 17)), false));
+            assert!(is_subject(&fence_subject(&run, 17), false));
+            assert!(is_fence_subject(&run, &fence_subject(&run, 17)));
+            assert!(!is_fence_subject(&run, &block_subject(&run, &task)));
             assert!(is_subject(&event_subjects(&run), true));
             assert!(is_subject(&max_deliveries_advisories(&run), true));
         }
@@ -337,6 +384,14 @@ mod tests {
                 event_subject(&run, EventScope::Run)
             );
         }
+    }
+
+    #[test]
+    fn a_fence_is_never_a_task_dispatch() {
+        let run = RunId::new("r").unwrap();
+        let fence = TaskId::new("fence").unwrap();
+        assert_ne!(fence_subject(&run, 3), block_subject(&run, &fence));
+        assert!(!is_fence_subject(&run, &block_subject(&run, &fence)));
     }
 
     #[test]
@@ -382,12 +437,27 @@ mod tests {
             }],
             worker_restarts: 0,
             epoch: 3,
+            ..Default::default()
         });
         assert_eq!(MsgId::for_event(&run, &outcomes).as_str(), "r/t/5/1/outcomes/1/w-1/3");
-        let started = Event::RunStarted { layout_hash: "h".into(), unix_ms: 12 };
-        assert_eq!(MsgId::for_event(&run, &started).as_str(), "r/run/started/12");
-        let abandoned = Event::TaskAbandoned { task: "t".into(), reason: "x".into() };
-        assert_eq!(MsgId::for_event(&run, &abandoned).as_str(), "r/t/abandoned");
+        let Event::Outcomes(report) = &outcomes else { unreachable!() };
+        let of_message = |delivery, part, leader_epoch| {
+            let report = OutcomeReport {
+                dispatch_sequence: 41,
+                delivery,
+                part,
+                leader_epoch,
+                ..report.clone()
+            };
+            MsgId::for_event(&run, &Event::Outcomes(report)).as_str().to_owned()
+        };
+        assert_eq!(of_message(2, 1, None), "r/t/d41/2/1/outcomes");
+        assert_ne!(of_message(2, 1, None), of_message(3, 1, None), "a redelivery is a new event");
+        assert_eq!(of_message(2, 0, Some(7)), "r/t/d41/exhausted");
+        let started = Event::RunStarted { layout_hash: "h".into(), unix_ms: 12, epoch: 4 };
+        assert_eq!(MsgId::for_event(&run, &started).as_str(), "r/run/started/4/12");
+        let abandoned = Event::TaskAbandoned { task: "t".into(), reason: "x".into(), epoch: 4 };
+        assert_eq!(MsgId::for_event(&run, &abandoned).as_str(), "r/t/abandoned/4");
         let retry = Event::RetryRequested { unix_ms: 7 };
         assert_eq!(MsgId::for_event(&run, &retry).as_str(), "r/run/retry/7");
         let cancel = Event::CancelRequested { unix_ms: 8 };
