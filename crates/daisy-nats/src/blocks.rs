@@ -384,6 +384,18 @@ impl BlockConsumer {
     }
 }
 
+/// Where the block stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockStreamState {
+    /// Messages in it (queued or delivered, not yet acked).
+    pub messages: u64,
+    /// The sequence of the first message in it.
+    pub first_sequence: u64,
+    /// The sequence of the last message ever stored (also when it is gone since): what a
+    /// publish with `Nats-Expected-Last-Sequence` is checked against.
+    pub last_sequence: u64,
+}
+
 /// A block message read by sequence, without consuming it.
 #[derive(Debug)]
 pub struct BlockMessage {
@@ -464,15 +476,39 @@ impl RunStreams {
         }
     }
 
-    /// Removes every block message of `task` from the stream, queued or delivered: the
-    /// blocks of an abandoned task must not run. Returns how many were removed.
+    /// Whether the block message at `stream_sequence` is still in the stream (queued or
+    /// delivered and not yet acked).
+    ///
+    /// # Errors
+    /// [`BlockMessageError::Get`] if the request failed.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run, stream_sequence), err(level = "debug"))]
+    pub async fn block_message_exists(&self, stream_sequence: u64) -> Result<bool, BlockMessageError> {
+        match self.blocks.get_raw_message(stream_sequence).await {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(source) => Err(BlockMessageError::Get {
+                stream: subjects::block_stream(&self.run),
+                stream_sequence,
+                source,
+            }),
+        }
+    }
+
+    /// Removes the block messages of `task` up to `through_sequence` (queued or delivered):
+    /// the blocks of an abandoned task must not run. Messages published after it (by a later
+    /// leader) are kept. Returns how many were removed.
     ///
     /// # Errors
     /// [`BlockMessageError::Purge`] if the request failed.
     #[instrument(level = "debug", skip_all, fields(run = %self.run, task = %task), err)]
-    pub async fn purge_task_blocks(&self, task: &TaskId) -> Result<u64, BlockMessageError> {
+    pub async fn purge_task_blocks(
+        &self,
+        task: &TaskId,
+        through_sequence: u64,
+    ) -> Result<u64, BlockMessageError> {
         let subject = subjects::block_subject(&self.run, task);
-        let purged = self.blocks.purge().filter(subject).await.map_err(|source| {
+        let purge = self.blocks.purge().filter(subject).sequence(through_sequence + 1);
+        let purged = purge.await.map_err(|source| {
             BlockMessageError::Purge {
                 stream: subjects::block_stream(&self.run),
                 task: task.to_string(),
@@ -498,6 +534,28 @@ impl RunStreams {
             .then_some((info.state.first_sequence, info.state.last_sequence)))
     }
 
+    /// The block stream's message count and sequences: a leader taking over reads what is
+    /// queued between the first and last, and fences from the last.
+    ///
+    /// # Errors
+    /// [`StreamInfoError`] if the stream state cannot be read.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run), err)]
+    pub async fn block_stream_state(&self) -> Result<BlockStreamState, StreamInfoError> {
+        let info = self.blocks.get_info().await.map_err(|source| StreamInfoError {
+            stream: subjects::block_stream(&self.run),
+            source,
+        })?;
+        Ok(BlockStreamState {
+            messages: info.state.messages,
+            first_sequence: info.state.first_sequence,
+            last_sequence: info.state.last_sequence,
+        })
+    }
+
+    /// How many messages the block stream holds.
+    ///
+    /// # Errors
+    /// [`StreamInfoError`] if the stream state cannot be read.
     #[instrument(level = "debug", skip_all, fields(run = %self.run), err)]
     pub async fn block_message_count(&self) -> Result<u64, StreamInfoError> {
         let info = self.blocks.get_info().await.map_err(|source| StreamInfoError {

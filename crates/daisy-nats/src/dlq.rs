@@ -79,6 +79,19 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// Asks for the advisory again after `delay`: it could not be handled now (the block
+    /// message could not be read, or the failure not recorded).
+    ///
+    /// # Errors
+    /// [`crate::AckError`] if the server did not confirm (it is delivered again later anyway).
+    pub async fn retry_later(&self, delay: std::time::Duration) -> Result<(), crate::AckError> {
+        self.acker.double_ack_with(AckKind::Nak(Some(delay))).await.map_err(|source| {
+            crate::AckError { kind: "nak", stream_sequence: self.block_stream_sequence, source }
+        })
+    }
+}
+
 /// The durable consumer of a run's dead-letter stream.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use daisy_proto::{DecodeError, Event, decode};
+use daisy_proto::{DecodeError, Event, OutcomeReport, decode};
 use futures::Stream;
 use futures::stream::BoxStream;
 use tracing::instrument;
@@ -108,7 +108,65 @@ impl Stream for EventReplay {
     }
 }
 
+/// Why the recorded outcomes of a dispatch message could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("could not read the outcomes recorded for block message {dispatch_sequence} of task {task}")]
+pub struct RecordedOutcomesError {
+    /// The task.
+    pub task: String,
+    /// The dispatch message.
+    pub dispatch_sequence: u64,
+    /// What JetStream said.
+    #[source]
+    pub source: async_nats::jetstream::stream::RawMessageError,
+}
+
 impl RunStreams {
+    /// Every outcome report recorded for the dispatch message at `dispatch_sequence` of
+    /// `task` (all deliveries and parts), read by subject from the stream leader: what a
+    /// worker handed a redelivery must not run again. Undecodable events are skipped.
+    ///
+    /// # Errors
+    /// [`RecordedOutcomesError`] if a read failed.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run, %task, dispatch_sequence), err(level = "debug"))]
+    pub async fn recorded_outcomes(
+        &self,
+        task: &daisy_core::TaskId,
+        dispatch_sequence: u64,
+    ) -> Result<Vec<OutcomeReport>, RecordedOutcomesError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let subject = daisy_proto::subjects::event_subject(
+            &self.run,
+            daisy_proto::subjects::EventScope::Batch(task, dispatch_sequence),
+        );
+        let mut reports = Vec::new();
+        let mut next = 1;
+        loop {
+            match self.events.get_first_raw_message_by_subject(&subject, next).await {
+                Ok(message) => {
+                    next = message.sequence + 1;
+                    match decode::<Event>(&message.payload) {
+                        Ok(Event::Outcomes(report)) => reports.push(report),
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%subject, sequence = message.sequence, %error, "recorded outcome is not decodable");
+                        }
+                    }
+                }
+                Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => {
+                    return Ok(reports);
+                }
+                Err(source) => {
+                    return Err(RecordedOutcomesError {
+                        task: task.to_string(),
+                        dispatch_sequence,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     /// Replays the run's events from `start_sequence` (1, or 0, for the whole stream; the
     /// sequence after a snapshot's otherwise), then follows new events live.
     ///

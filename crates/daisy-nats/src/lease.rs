@@ -75,15 +75,28 @@ fn holder_suffix(holder: &Option<LeaseHolder>) -> String {
     }
 }
 
-/// The lease is lost: the caller must stop acting as leader at once.
+/// A renewal failed: the lease is lost ([`LeaseLost::is_certain`]: another holder took it
+/// or it expired), or the bucket could not be reached (the lease lives on until its TTL
+/// passes; renew again before then).
 #[derive(Debug, thiserror::Error)]
-#[error("the scheduler lease of epoch {epoch} is lost")]
+#[error("could not renew the scheduler lease of epoch {epoch}")]
 pub struct LeaseLost {
     /// The epoch that was lost.
     pub epoch: u64,
     /// What the bucket said (wrong revision: another holder took over or it expired).
     #[source]
     pub source: kv::UpdateError,
+}
+
+impl LeaseLost {
+    /// Whether the lease is certainly gone (the key's revision moved on: it expired or
+    /// another holder took it), not just unreachable for now.
+    pub fn is_certain(&self) -> bool {
+        matches!(
+            self.source.kind(),
+            kv::UpdateErrorKind::WrongLastRevision | kv::UpdateErrorKind::InvalidKey
+        )
+    }
 }
 
 /// Why the current holder could not be read.
@@ -163,10 +176,7 @@ impl Lease {
                 self.revision = revision;
                 Ok(())
             }
-            Err(source) => {
-                tracing::warn!(epoch = self.epoch, error = %source, "scheduler lease lost");
-                Err(LeaseLost { epoch: self.epoch, source })
-            }
+            Err(source) => Err(LeaseLost { epoch: self.epoch, source }),
         }
     }
 

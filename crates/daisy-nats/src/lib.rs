@@ -49,7 +49,7 @@
 //! let streams = nats.provision_run(&run, &RunSettings::default()).await?;
 //! let task = TaskId::new("smooth")?;
 //! let dispatch = Dispatch { task: task.to_string(), epoch: 1, blocks: vec![BlockWork { index: 0, attempt: 1 }] };
-//! nats.publish_dispatch(&run, &task, &dispatch, &MsgId::dispatch(&run, &task, 0, 1), None).await?;
+//! nats.publish_dispatch(&run, &task, &dispatch, &MsgId::dispatch(&run, &task, 0, 1), None, None).await?;
 //! # let _ = streams; Ok(()) }
 //! ```
 
@@ -57,6 +57,7 @@ mod blocks;
 mod connect;
 mod dlq;
 mod events;
+pub mod fault;
 mod identity;
 mod lease;
 mod meta;
@@ -69,11 +70,11 @@ pub mod trace;
 pub use async_nats::HeaderMap;
 pub use blocks::{
     AckError, BlockAcker, BlockConsumer, BlockMessage, BlockMessageError, ConsumerError,
-    ConsumerSettings, ReceivedDispatch, StreamInfoError,
+    BlockStreamState, ConsumerSettings, ReceivedDispatch, StreamInfoError,
 };
 pub use connect::{ConnectError, ConnectOptions, FlushError, Nats, connect};
 pub use dlq::{DeadLetter, DeadLetters};
-pub use events::{EventReplay, ReplayError, ReplayedEvent};
+pub use events::{EventReplay, RecordedOutcomesError, ReplayError, ReplayedEvent};
 pub use identity::process_identity;
 pub use lease::{
     AcquireError, HolderError, Lease, LeaseHolder, LeaseLost, LeaseRecord, ReleaseError,

@@ -127,6 +127,33 @@ pub enum MetaError {
         #[source]
         source: async_nats::Error,
     },
+    /// The value could not be written: a conditional write lost.
+    #[error("could not write {key} in kv bucket {bucket}")]
+    Update {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// What the bucket said.
+        #[source]
+        source: kv::UpdateError,
+    },
+    /// Other writers kept changing the value between a read and a conditional write.
+    #[error("{key} in kv bucket {bucket} kept changing under a conditional write")]
+    Contended {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+    },
+    /// A leader of a later epoch wrote the run status: this writer is deposed.
+    #[error("the run status was written by the leader of epoch {recorded}, later than {ours}")]
+    Deposed {
+        /// The epoch of the writer.
+        ours: u64,
+        /// The epoch in the status.
+        recorded: u64,
+    },
     /// The worker id cannot be a key.
     #[error(transparent)]
     WorkerKey(#[from] InvalidWorkerKey),
@@ -176,6 +203,55 @@ impl RunStreams {
     #[instrument(level = "debug", skip_all, fields(run = %self.run), err)]
     pub async fn put_status(&self, status: &RunStatus) -> Result<u64, MetaError> {
         put(&self.meta, subjects::STATUS_KEY, to_json(status)).await
+    }
+
+    /// Stores the run status of the leader of `status.epoch`, unless a leader of a later
+    /// epoch wrote it: a compare-and-set on the key's revision, retried while others (an
+    /// operator's `daisy cancel`, a leader of an earlier epoch) write in between. Returns the
+    /// revision.
+    ///
+    /// # Errors
+    /// [`MetaError::Deposed`] if a later leader wrote the status; [`MetaError::Get`],
+    /// [`MetaError::Decode`] or [`MetaError::Update`] if the bucket failed.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run, epoch = status.epoch), err(level = "debug"))]
+    pub async fn put_status_fenced(&self, status: &RunStatus) -> Result<u64, MetaError> {
+        let key = subjects::STATUS_KEY;
+        let meta_error = |source| MetaError::Get {
+            bucket: self.meta.name.clone(),
+            key: key.to_owned(),
+            source,
+        };
+        for _ in 0..8 {
+            let entry = self.meta.entry(key).await.map_err(meta_error)?;
+            let revision = match &entry {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    if let Ok(recorded) = serde_json::from_slice::<RunStatus>(&entry.value)
+                        && recorded.epoch > status.epoch
+                    {
+                        return Err(MetaError::Deposed {
+                            ours: status.epoch,
+                            recorded: recorded.epoch,
+                        });
+                    }
+                    entry.revision
+                }
+                Some(entry) => entry.revision,
+                None => 0,
+            };
+            match self.meta.update(key, to_json(status).into(), revision).await {
+                Ok(revision) => return Ok(revision),
+                Err(source) if source.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(source) => {
+                    return Err(MetaError::Update {
+                        bucket: self.meta.name.clone(),
+                        key: key.to_owned(),
+                        source,
+                    });
+                }
+            }
+        }
+        // Eight writers in a row got in between: give up this time; the caller writes again.
+        Err(MetaError::Contended { bucket: self.meta.name.clone(), key: key.to_owned() })
     }
 
     /// The run status, if stored.

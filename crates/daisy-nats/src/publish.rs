@@ -1,6 +1,7 @@
 //! Publishes dispatches and events to JetStream with a `Nats-Msg-Id`, awaiting the PubAck.
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use daisy_core::TaskId;
 use daisy_proto::subjects::{self, EventScope, MsgId};
@@ -42,14 +43,35 @@ pub enum PublishError {
     },
 }
 
+impl PublishError {
+    /// Whether the stream refused the message because its last sequence was not the one
+    /// expected (`Nats-Expected-Last-Sequence`): someone else published in between.
+    pub fn is_wrong_last_sequence(&self) -> bool {
+        let source = match self {
+            PublishError::Send { source, .. } | PublishError::Ack { source, .. } => source,
+        };
+        source.kind() == PublishErrorKind::WrongLastSequence
+    }
+
+    /// Whether the message is larger than the server accepts.
+    pub fn is_too_large(&self) -> bool {
+        let source = match self {
+            PublishError::Send { source, .. } | PublishError::Ack { source, .. } => source,
+        };
+        source.kind() == PublishErrorKind::MaxPayloadExceeded
+    }
+}
+
 impl Nats {
     /// Publishes a dispatch on the task's block subject and waits until the block stream
     /// stored it. `headers` (e.g. `traceparent`) are sent along; `Nats-Msg-Id` is set from
-    /// `msg_id`.
+    /// `msg_id`. With `expected_last_sequence`, the stream stores it only if its last
+    /// message is that one (the leader's fence: see the scheduler's docs).
     ///
     /// # Errors
-    /// [`PublishError`] if it was not stored.
-    #[instrument(level = "debug", skip_all, fields(%run, %task, %msg_id), err)]
+    /// [`PublishError`] if it was not stored; [`PublishError::is_wrong_last_sequence`] tells
+    /// that someone else published in between.
+    #[instrument(level = "debug", skip_all, fields(%run, %task, %msg_id), err(level = "debug"))]
     pub async fn publish_dispatch(
         &self,
         run: &RunId,
@@ -57,9 +79,33 @@ impl Nats {
         dispatch: &Dispatch,
         msg_id: &MsgId,
         headers: Option<HeaderMap>,
+        expected_last_sequence: Option<u64>,
     ) -> Result<Published, PublishError> {
-        self.publish_encoded(subjects::block_subject(run, task), encode(dispatch), msg_id, headers)
+        let subject = subjects::block_subject(run, task);
+        self.publish_with(subject, encode(dispatch), Some(msg_id), headers, expected_last_sequence)
             .await
+    }
+
+    /// Publishes the fence marker of a new leader of `epoch` in the block stream, stored only
+    /// if the stream's last message is `expected_last_sequence` (see
+    /// [`subjects::fence_subject`]). Returns where it was stored.
+    ///
+    /// # Errors
+    /// As [`Nats::publish_dispatch`].
+    #[instrument(level = "debug", skip_all, fields(%run, epoch), err(level = "debug"))]
+    pub async fn publish_fence(
+        &self,
+        run: &RunId,
+        epoch: u64,
+        expected_last_sequence: u64,
+    ) -> Result<Published, PublishError> {
+        let subject = subjects::fence_subject(run, epoch);
+        self.publish_with(subject, Vec::new(), None, None, Some(expected_last_sequence)).await
+    }
+
+    /// The most bytes one message may carry on this server.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
     }
 
     /// Publishes an event on the run's or the task's event subject and waits until the event
@@ -89,11 +135,29 @@ impl Nats {
         msg_id: &MsgId,
         headers: Option<HeaderMap>,
     ) -> Result<Published, PublishError> {
+        self.publish_with(subject, payload, Some(msg_id), headers, None).await
+    }
+
+    /// Publishes raw bytes and awaits the PubAck.
+    async fn publish_with(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        msg_id: Option<&MsgId>,
+        headers: Option<HeaderMap>,
+        expected_last_sequence: Option<u64>,
+    ) -> Result<Published, PublishError> {
         let mut publish = PublishMessage::build().payload(payload.into());
         if let Some(headers) = headers {
             publish = publish.headers(headers);
         }
-        let publish = publish.message_id(msg_id.as_str());
+        if let Some(msg_id) = msg_id {
+            publish = publish.message_id(msg_id.as_str());
+        }
+        if let Some(sequence) = expected_last_sequence {
+            publish = publish.expected_last_sequence(sequence);
+        }
+        let msg_id = msg_id.map_or("-", MsgId::as_str);
         let ack_future = match self.jetstream.send_publish(subject.clone(), publish).await {
             Ok(ack_future) => ack_future,
             Err(source) => return Err(PublishError::Send { subject, source }),

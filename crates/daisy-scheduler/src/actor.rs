@@ -1,17 +1,23 @@
 //! The scheduler actor's loop. See the crate docs for the picture.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use daisy_core::{BlockIndex, BlockKey, Outcome, Pipeline, Released, Scheduler, TaskIndex};
+use daisy_core::{
+    BlockIndex, BlockKey, Outcome, Pipeline, ReleaseError, Released, Scheduler, TaskIndex,
+};
 use daisy_proto::{BlockWork, Dispatch, Event, FailureKind, OutcomeKind, OutcomeReport};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::BatchSizer;
+use crate::replay::replay;
 use crate::report::{FirstError, RunReport, RunSnapshot, TaskReport};
-use crate::transport::{ReplayMode, ReplayedOutcomes, SchedulerTransport, TransportError};
+use crate::transport::{
+    BatchId, Input, QueuedBatch, ReplayedOutcomes, SchedulerTransport, TransportError,
+};
 
 /// Tuning of the scheduler actor.
 #[derive(Debug, Clone)]
@@ -26,6 +32,10 @@ pub struct SchedulerConfig {
     pub drain_timeout: Duration,
     /// Clock of the caller's choosing for timestamps in recorded events.
     pub unix_ms: fn() -> u64,
+    /// How often batches in flight are checked for having left the transport without an
+    /// outcome (a message removed by a deposed leader's purge, say). A batch missing at two
+    /// checks in a row is reclaimed: its blocks are ready again, no attempt counted.
+    pub reclaim_interval: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -36,6 +46,7 @@ impl Default for SchedulerConfig {
             snapshot_interval: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(30),
             unix_ms: crate::unix_ms_now,
+            reclaim_interval: Duration::from_secs(10),
         }
     }
 }
@@ -62,6 +73,16 @@ pub enum SchedulerError {
     },
 }
 
+/// A batch in flight: the blocks of it not yet reported, at the attempts they were
+/// dispatched with.
+struct InFlightBatch {
+    task: TaskIndex,
+    blocks: Vec<BlockWork>,
+    /// Whether the last reclaim check found its message gone.
+    missing: bool,
+    dispatched: tokio::time::Instant,
+}
+
 /// Per-task bookkeeping beyond the core's block states.
 struct TaskRuntime {
     batches_in_flight: usize,
@@ -82,6 +103,9 @@ pub struct RunScheduler<T: SchedulerTransport> {
     started: Instant,
     stale_results: u64,
     epoch: u64,
+    /// Every batch in flight, by id: which attempt of a block is live, when a batch's
+    /// message may go, what to reclaim.
+    batches: HashMap<BatchId, InFlightBatch>,
 }
 
 impl<T: SchedulerTransport> RunScheduler<T> {
@@ -94,28 +118,29 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         replayed: ReplayedOutcomes,
     ) -> Self {
         let mut core = Scheduler::new(pipeline.clone());
-        replay(&pipeline, &mut core, &replayed);
+        let found = replay(&pipeline, &mut core, replayed);
         let tasks = pipeline
             .tasks()
             .iter()
-            .map(|task| TaskRuntime {
+            .enumerate()
+            .map(|(position, task)| TaskRuntime {
                 batches_in_flight: 0,
                 sizer: BatchSizer::new(),
-                closed: false,
+                closed: found.abandoned[position].is_some(),
                 report: TaskReport {
                     id: task.spec.id.to_string(),
                     counters: Default::default(),
                     failed_attempts: 0,
                     timeouts: 0,
-                    worker_restarts: 0,
+                    worker_restarts: found.worker_restarts[position],
                     first_error: None,
-                    abandoned: None,
+                    abandoned: found.abandoned[position].clone(),
                     timeout_seconds: task.spec.timeout.as_secs_f64(),
                 },
             })
             .collect();
         let (snapshot, _) = watch::channel(RunSnapshot::default());
-        Self {
+        let mut actor = Self {
             pipeline,
             core,
             transport,
@@ -125,7 +150,33 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             started: Instant::now(),
             stale_results: 0,
             epoch: 0,
+            batches: HashMap::new(),
+        };
+        for QueuedBatch { batch, dispatch } in found.in_flight {
+            if let Some(task) = actor.pipeline.task_index(&dispatch.task) {
+                actor.track(batch, task, dispatch.blocks);
+            }
         }
+        actor
+    }
+
+    /// Starts tracking a batch in flight.
+    fn track(&mut self, batch: BatchId, task: TaskIndex, blocks: Vec<BlockWork>) {
+        let dispatched = tokio::time::Instant::now();
+        let previous =
+            self.batches.insert(batch, InFlightBatch { task, blocks, missing: false, dispatched });
+        debug_assert!(previous.is_none(), "batch ids are unique while in flight");
+        if previous.is_none() {
+            self.tasks[task.get()].batches_in_flight += 1;
+        }
+    }
+
+    /// Stops tracking a batch (all of it reported, or reclaimed).
+    fn untrack(&mut self, batch: BatchId) -> Option<InFlightBatch> {
+        let removed = self.batches.remove(&batch)?;
+        let runtime = &mut self.tasks[removed.task.get()];
+        runtime.batches_in_flight = runtime.batches_in_flight.saturating_sub(1);
+        Some(removed)
     }
 
     /// Sets the fencing epoch stamped on every dispatch (NATS leader lease).
@@ -147,12 +198,16 @@ impl<T: SchedulerTransport> RunScheduler<T> {
     /// [`SchedulerError`] when the run cannot continue.
     pub async fn run(mut self, cancel: CancellationToken) -> Result<RunReport, SchedulerError> {
         let layout_hash = daisy_proto::layout_hash(&self.pipeline);
+        let unix_ms = (self.config.unix_ms)();
         self.transport
-            .record(&Event::RunStarted { layout_hash, unix_ms: (self.config.unix_ms)() })
+            .record(&Event::RunStarted { layout_hash, unix_ms, epoch: self.epoch })
             .await?;
         info!(tasks = self.pipeline.len(), blocks = self.pipeline.num_blocks(), "run started");
         let mut interval = tokio::time::interval(self.config.snapshot_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reclaim = tokio::time::interval(self.config.reclaim_interval);
+        reclaim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        reclaim.tick().await;
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         loop {
             if drain_deadline.is_none() {
@@ -186,23 +241,30 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 () = cancel.cancelled(), if drain_deadline.is_none() => {
                     warn!(batches_in_flight = in_flight, "run interrupted: no new blocks are dispatched, waiting for blocks in flight");
                     drain_deadline = Some(tokio::time::Instant::now() + self.config.drain_timeout);
-                    for position in 0..self.tasks.len() {
-                        self.close_task(TaskIndex(position as u32));
-                    }
+                    self.close_all_tasks();
                 }
                 () = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => {
                     warn!(batches_in_flight = in_flight, "gave up waiting for blocks in flight");
                     break;
                 }
-                report = self.transport.next_report() => match report? {
-                    Some(report) => self.apply(report).await?,
-                    None => {
+                input = self.transport.next_input() => match input? {
+                    Input::Outcomes(report) => self.apply(report).await?,
+                    Input::CancelRequested => {
+                        // Workers record the outcomes of the blocks they hold themselves, and
+                        // the next leader replays them: nothing to wait for.
+                        warn!(batches_in_flight = in_flight, "cancel requested (daisy cancel): stopping the run; workers finish their blocks in flight");
+                        self.close_all_tasks();
+                        drain_deadline = Some(tokio::time::Instant::now());
+                        break;
+                    }
+                    Input::Closed => {
                         if drain_deadline.is_some() {
                             break;
                         }
                         return Err(SchedulerError::WorkersGone { in_flight });
                     }
                 },
+                _ = reclaim.tick() => self.reclaim_lost_batches().await,
                 _ = interval.tick() => self.publish(false, false),
             }
         }
@@ -216,6 +278,52 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             "run finished"
         );
         Ok(report)
+    }
+
+    fn close_all_tasks(&mut self) {
+        for position in 0..self.tasks.len() {
+            self.close_task(TaskIndex(position as u32));
+        }
+    }
+
+    /// Hands back to ready the blocks of batches that left the transport without an outcome
+    /// at two checks in a row (see [`SchedulerConfig::reclaim_interval`]).
+    async fn reclaim_lost_batches(&mut self) {
+        let old_enough = tokio::time::Instant::now() - self.config.reclaim_interval;
+        let candidates: Vec<BatchId> = self
+            .batches
+            .iter()
+            .filter(|(_, batch)| batch.dispatched <= old_enough)
+            .map(|(id, _)| *id)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let lost = match self.transport.lost_batches(&candidates).await {
+            Ok(lost) => lost,
+            Err(err) => {
+                debug!(error = %err, "could not check batches in flight");
+                return;
+            }
+        };
+        for id in &candidates {
+            let lost_now = lost.contains(id);
+            let Some(batch) = self.batches.get_mut(id) else { continue };
+            if !lost_now || !batch.missing {
+                batch.missing = lost_now;
+                continue;
+            }
+            let Some(batch) = self.untrack(*id) else { continue };
+            let mut returned = 0;
+            for block in &batch.blocks {
+                let key = BlockKey { task: batch.task, index: BlockIndex(block.index) };
+                if self.core.attempt(key) == block.attempt && self.core.return_unstarted(key) {
+                    returned += 1;
+                }
+            }
+            let task = &self.pipeline.task(batch.task).spec.id;
+            warn!(%task, batch = %id, blocks = returned, "batch left the block stream without outcomes: its blocks are ready again");
+        }
     }
 
     /// Dispatches ready blocks while tasks have room for more batches.
@@ -251,72 +359,138 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                     break; // ready blocks were all known-done and got skipped
                 }
                 debug!(task = %spec.id, blocks = blocks.len(), "dispatching batch");
-                let dispatch = Dispatch { task: spec.id.to_string(), epoch: self.epoch, blocks };
-                self.tasks[task.get()].batches_in_flight += 1;
-                self.transport.dispatch(task, dispatch).await?;
+                let dispatch = Dispatch {
+                    task: spec.id.to_string(),
+                    epoch: self.epoch,
+                    blocks: blocks.clone(),
+                };
+                let batch = self.transport.dispatch(task, dispatch).await?;
+                self.track(batch, task, blocks);
             }
         }
         Ok(())
     }
 
-    /// Applies the outcomes of one batch.
+    /// Applies the outcomes of one report.
+    ///
+    /// A result counts only for the live attempt of its block: the attempt its batch holds
+    /// it at when the report names a batch in flight, the core's current attempt otherwise.
+    /// Results of attempts given up on (a late report of a worker that vanished) are stale
+    /// and dropped. Blocks the worker handed back unstarted are ready again, no attempt
+    /// counted. Once every block of a batch is accounted for, its message is removed.
     async fn apply(&mut self, report: OutcomeReport) -> Result<(), TransportError> {
         let Some(task) = self.pipeline.task_index(&report.task) else {
             warn!(task = %report.task, worker = %report.worker, "report for an unknown task dropped");
             return Ok(());
         };
-        let runtime = &mut self.tasks[task.get()];
-        runtime.batches_in_flight = runtime.batches_in_flight.saturating_sub(1);
-        runtime.report.worker_restarts += u64::from(report.worker_restarts);
-        let grid = &self.pipeline.task(task).grid;
+        let batch_id = BatchId(report.dispatch_sequence);
+        let batch_known = report.dispatch_sequence > 0
+            && self.batches.get(&batch_id).is_some_and(|batch| batch.task == task);
+        self.tasks[task.get()].report.worker_restarts += u64::from(report.worker_restarts);
+        let pipeline = self.pipeline.clone();
+        let grid = &pipeline.task(task).grid;
         for result in &report.results {
             if result.index >= grid.num_blocks() {
                 warn!(task = %report.task, index = result.index, "result for a block outside the grid dropped");
                 continue;
             }
             let key = BlockKey { task, index: BlockIndex(result.index) };
-            let runtime = &mut self.tasks[task.get()];
-            runtime.sizer.observe(f64::from(result.seconds));
-            let outcome = match result.outcome {
-                OutcomeKind::Success => Outcome::Success,
-                OutcomeKind::Skipped => Outcome::Skipped,
-                OutcomeKind::Failed { kind } => {
-                    runtime.report.failed_attempts += 1;
-                    if kind == FailureKind::Timeout {
-                        runtime.report.timeouts += 1;
-                    }
-                    let block_id = grid.block_id(&grid.grid_index(key.index));
-                    let message = result.error.clone().unwrap_or_default();
-                    warn!(task = %report.task, %block_id, attempt = result.attempt, %kind, worker = %report.worker, error = %first_line(&message), "block attempt failed");
-                    if runtime.report.first_error.is_none() {
-                        runtime.report.first_error = Some(FirstError {
-                            block_id,
-                            attempt: result.attempt,
-                            kind,
-                            message,
-                            worker: report.worker.to_string(),
-                        });
-                    }
-                    if kind == FailureKind::DeliveriesExhausted {
-                        Outcome::Exhausted
-                    } else {
-                        Outcome::Failed
-                    }
-                }
+            if batch_known && !self.take_from_batch(batch_id, result.index, result.attempt) {
+                self.stale_results += 1;
+                debug!(task = %report.task, index = result.index, attempt = result.attempt, "result of a block no longer in its batch dropped");
+                continue;
+            }
+            let outcome = self.note_outcome(task, &report, key, result);
+            let released = if batch_known {
+                self.core.release(key, outcome)
+            } else {
+                self.core.release_attempt(key, result.attempt, outcome)
             };
-            match self.core.release(key, outcome) {
+            match released {
                 Ok(Released::Failed { orphaned }) => {
                     let block_id = grid.block_id(&grid.grid_index(key.index));
                     error!(task = %report.task, %block_id, orphaned, "block failed for good");
                 }
                 Ok(_) => {}
-                Err(err) => {
+                Err(
+                    err @ (ReleaseError::NotProcessing { .. } | ReleaseError::StaleAttempt { .. }),
+                ) => {
                     self.stale_results += 1;
                     debug!(task = %report.task, error = %err, "stale result dropped");
                 }
             }
         }
+        for &index in &report.returned {
+            let key = BlockKey { task, index: BlockIndex(index) };
+            let live = if batch_known {
+                let attempt = self.core.attempt(key);
+                self.take_from_batch(batch_id, index, attempt)
+            } else {
+                false
+            };
+            if live && self.core.return_unstarted(key) {
+                debug!(task = %report.task, index, "block handed back unstarted");
+            }
+        }
+        if batch_known && self.batches.get(&batch_id).is_some_and(|batch| batch.blocks.is_empty()) {
+            self.untrack(batch_id);
+            self.transport.remove_batch(task, batch_id).await;
+        }
         self.check_restart_budget(task).await
+    }
+
+    /// Removes a block from a batch in flight if it is there at `attempt`; returns whether
+    /// it was.
+    fn take_from_batch(&mut self, batch: BatchId, index: u64, attempt: u32) -> bool {
+        let Some(batch) = self.batches.get_mut(&batch) else { return false };
+        match batch.blocks.iter().position(|b| b.index == index && b.attempt == attempt) {
+            Some(position) => {
+                batch.blocks.swap_remove(position);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts a result in the task's report (batch sizing, failures, the first error) and
+    /// returns what it means to the core.
+    fn note_outcome(
+        &mut self,
+        task: TaskIndex,
+        report: &OutcomeReport,
+        key: BlockKey,
+        result: &daisy_proto::BlockResult,
+    ) -> Outcome {
+        let grid = &self.pipeline.task(task).grid;
+        let runtime = &mut self.tasks[task.get()];
+        runtime.sizer.observe(f64::from(result.seconds));
+        match result.outcome {
+            OutcomeKind::Success => Outcome::Success,
+            OutcomeKind::Skipped => Outcome::Skipped,
+            OutcomeKind::Failed { kind } => {
+                runtime.report.failed_attempts += 1;
+                if kind == FailureKind::Timeout {
+                    runtime.report.timeouts += 1;
+                }
+                let block_id = grid.block_id(&grid.grid_index(key.index));
+                let message = result.error.clone().unwrap_or_default();
+                warn!(task = %report.task, %block_id, attempt = result.attempt, %kind, worker = %report.worker, error = %first_line(&message), "block attempt failed");
+                if runtime.report.first_error.is_none() {
+                    runtime.report.first_error = Some(FirstError {
+                        block_id,
+                        attempt: result.attempt,
+                        kind,
+                        message,
+                        worker: report.worker.to_string(),
+                    });
+                }
+                if kind == FailureKind::DeliveriesExhausted {
+                    Outcome::Exhausted
+                } else {
+                    Outcome::Failed
+                }
+            }
+        }
     }
 
     /// Abandons a task whose workers restarted more than allowed.
@@ -343,7 +517,20 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             self.close_task(current);
             downstream.extend(pipeline.task(current).downstream.iter().copied());
         }
-        self.transport.record(&Event::TaskAbandoned { task: spec.id.to_string(), reason }).await
+        let event = Event::TaskAbandoned { task: spec.id.to_string(), reason, epoch: self.epoch };
+        self.transport.record(&event).await?;
+        // Its batches still queued must not run (their outcomes would be ignored).
+        let abandoned: Vec<BatchId> = self
+            .batches
+            .iter()
+            .filter(|(_, batch)| self.core.counters(batch.task).processing == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in abandoned {
+            self.untrack(id);
+        }
+        self.transport.purge_task(task).await;
+        Ok(())
     }
 
     fn close_finished_tasks(&mut self) {
@@ -375,86 +562,6 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             })
             .collect();
         self.snapshot.send_replace(RunSnapshot { tasks, finished, interrupted });
-    }
-}
-
-/// Rebuilds the state an earlier session (or leader) recorded.
-///
-/// In [`ReplayMode::Continue`], failed attempts recorded before the last
-/// [`Event::RetryRequested`] (`daisy retry`) are ignored: those blocks count
-/// as never attempted, so they (and the blocks they orphaned) run again with
-/// fresh retries. Successes before it still count.
-fn replay(pipeline: &Pipeline, core: &mut Scheduler, replayed: &ReplayedOutcomes) {
-    let key_of = |task: &str, index: u64| {
-        let task = pipeline.task_index(task)?;
-        (index < pipeline.task(task).grid.num_blocks())
-            .then_some(BlockKey { task, index: BlockIndex(index) })
-    };
-    let retry_at = replayed
-        .events
-        .iter()
-        .rposition(|event| matches!(event, Event::RetryRequested { .. }))
-        .filter(|_| replayed.mode == ReplayMode::Continue);
-    let mut applied = 0u64;
-    let mut retried = 0u64;
-    for (position, event) in replayed.events.iter().enumerate() {
-        let Event::Outcomes(report) = event else { continue };
-        let before_retry = retry_at.is_some_and(|retry_at| position < retry_at);
-        for result in &report.results {
-            if before_retry && matches!(result.outcome, OutcomeKind::Failed { .. }) {
-                retried += 1;
-                continue;
-            }
-            let Some(key) = key_of(&report.task, result.index) else {
-                warn!(task = %report.task, index = result.index, "recorded outcome for an unknown block ignored");
-                continue;
-            };
-            match replayed.mode {
-                ReplayMode::Resume => {
-                    if matches!(result.outcome, OutcomeKind::Success | OutcomeKind::Skipped) {
-                        core.mark_known_done(key);
-                        applied += 1;
-                    }
-                }
-                ReplayMode::Continue => {
-                    let outcome = match result.outcome {
-                        OutcomeKind::Success => Outcome::Success,
-                        OutcomeKind::Skipped => Outcome::Skipped,
-                        OutcomeKind::Failed { kind: FailureKind::DeliveriesExhausted } => {
-                            Outcome::Exhausted
-                        }
-                        OutcomeKind::Failed { .. } => Outcome::Failed,
-                    };
-                    if core.apply_recorded(key, outcome).is_ok() {
-                        applied += 1;
-                    }
-                }
-            }
-        }
-    }
-    let mut in_flight = 0u64;
-    for (task, index) in &replayed.in_flight {
-        if let Some(key) = key_of(task, *index)
-            && core.mark_in_flight(key)
-        {
-            in_flight += 1;
-        }
-    }
-    if retried > 0 {
-        info!(
-            failed_attempts = retried,
-            "retry requested: failures recorded before it are ignored"
-        );
-    }
-    if applied > 0 || in_flight > 0 {
-        match replayed.mode {
-            ReplayMode::Resume => {
-                info!(blocks = applied, "resuming: blocks recorded as done will be skipped");
-            }
-            ReplayMode::Continue => {
-                info!(outcomes = applied, in_flight, "taking over: recorded outcomes applied");
-            }
-        }
     }
 }
 

@@ -35,10 +35,13 @@ mod actor;
 mod batch;
 mod clock;
 pub mod nats;
+mod replay;
 mod report;
 mod transport;
 
 pub use actor::{RunScheduler, SchedulerConfig, SchedulerError};
 pub use clock::unix_ms_now;
 pub use report::{FirstError, RunReport, RunSnapshot, TaskReport};
-pub use transport::{ReplayMode, ReplayedOutcomes, SchedulerTransport, TransportError};
+pub use transport::{
+    BatchId, Input, QueuedBatch, ReplayMode, ReplayedOutcomes, SchedulerTransport, TransportError,
+};

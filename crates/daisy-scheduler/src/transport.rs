@@ -1,5 +1,12 @@
-//! What the scheduler needs from a transport.
+//! What the scheduler needs from a transport: inputs it reads, effects it asks for.
+//!
+//! The actor's inputs are data ([`Input`]), read one at a time with
+//! [`SchedulerTransport::next_input`]; everything the actor wants done on the wire is a call
+//! that names the effect (dispatch a batch, record an event, remove a batch whose outcomes
+//! are applied, purge an abandoned task's queued batches). Nothing happens as a side effect
+//! of another call.
 
+use std::fmt;
 use std::future::Future;
 
 use daisy_core::TaskIndex;
@@ -7,12 +14,44 @@ use daisy_proto::{Dispatch, Event, OutcomeReport};
 
 /// A transport failure: the run cannot continue.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {reason}")]
+#[error("{what}")]
 pub struct TransportError {
     /// What the transport was doing.
     pub what: &'static str,
     /// Why it failed.
-    pub reason: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl TransportError {
+    /// A failure of `what`, caused by `source`.
+    pub fn new(
+        what: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { what, source: source.into() }
+    }
+}
+
+/// Names one dispatched batch for as long as it is in flight: the block-stream sequence of
+/// its message over NATS, a counter in-process. Reports name it
+/// ([`OutcomeReport::dispatch_sequence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchId(pub u64);
+
+impl fmt::Display for BatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A batch some earlier leader dispatched that is still queued: its blocks are in flight.
+#[derive(Debug, Clone)]
+pub struct QueuedBatch {
+    /// Which batch.
+    pub batch: BatchId,
+    /// What it holds.
+    pub dispatch: Dispatch,
 }
 
 /// What an earlier session of this run recorded, to resume from.
@@ -22,10 +61,9 @@ pub struct ReplayedOutcomes {
     pub events: Vec<Event>,
     /// How to read them.
     pub mode: ReplayMode,
-    /// Blocks (task id, dense index) held by workers right now: dispatched
-    /// by an earlier leader, still in the block stream. They are neither
-    /// dispatched again nor counted as ready.
-    pub in_flight: Vec<(String, u64)>,
+    /// Batches held by workers right now: dispatched by an earlier leader, still in the
+    /// block stream. Their blocks are neither dispatched again nor counted as ready.
+    pub in_flight: Vec<QueuedBatch>,
 }
 
 /// How recorded outcomes count when a scheduler starts.
@@ -38,8 +76,20 @@ pub enum ReplayMode {
     Resume,
     /// The same run goes on under a new leader: every recorded outcome
     /// counts as it did (successes as completed, failed attempts towards
-    /// retries).
+    /// retries, abandoned tasks stay abandoned).
     Continue,
+}
+
+/// One input of the actor, in the order the transport saw them.
+#[derive(Debug)]
+pub enum Input {
+    /// Outcomes of blocks, already durably recorded.
+    Outcomes(OutcomeReport),
+    /// An operator asked to stop the run (`daisy cancel`): the actor stops dispatching and
+    /// returns at once; workers record the outcomes of the blocks they hold themselves.
+    CancelRequested,
+    /// No worker can report any more (every worker gone).
+    Closed,
 }
 
 /// The scheduler's side of a transport.
@@ -47,27 +97,54 @@ pub enum ReplayMode {
 /// Implementations: the in-process transport (bounded channels and a
 /// journal file, crate `daisy`) and the NATS JetStream transport.
 pub trait SchedulerTransport: Send {
-    /// Sends a batch of blocks of one task towards its workers. Called only
+    /// Sends a batch of blocks of one task towards its workers and names it. Called only
     /// while the task has fewer batches in flight than
     /// [`SchedulerTransport::batch_capacity`], so it never waits for room.
     fn dispatch(
         &mut self,
         task: TaskIndex,
         dispatch: Dispatch,
-    ) -> impl Future<Output = Result<(), TransportError>> + Send;
+    ) -> impl Future<Output = Result<BatchId, TransportError>> + Send;
 
-    /// The next outcomes, already durably recorded; `Ok(None)` when no
-    /// worker can report any more (every worker gone).
+    /// The next input.
     ///
     /// # Errors
-    /// Recording failed: the run cannot go on without losing outcomes.
-    fn next_report(
-        &mut self,
-    ) -> impl Future<Output = Result<Option<OutcomeReport>, TransportError>> + Send;
+    /// The transport failed: the run cannot go on without losing outcomes.
+    fn next_input(&mut self) -> impl Future<Output = Result<Input, TransportError>> + Send;
 
     /// Durably records an event the scheduler itself produces (run start,
     /// a task abandoned).
     fn record(&mut self, event: &Event) -> impl Future<Output = Result<(), TransportError>> + Send;
+
+    /// Every outcome of `batch` is applied: its message may go, so that a worker that took
+    /// it and died before acking cannot run it again. Best effort; the default does nothing
+    /// (in-process batches cannot be redelivered).
+    fn remove_batch(
+        &mut self,
+        _task: TaskIndex,
+        _batch: BatchId,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// `task` was abandoned: its queued batches must not run. Best effort (a batch that
+    /// still runs reports outcomes the actor ignores); the default does nothing.
+    fn purge_task(&mut self, _task: TaskIndex) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Which of `batches` left the transport without an outcome (a message removed by
+    /// someone else, or lost): the actor hands their blocks back to ready. The default
+    /// (in-process) loses nothing.
+    ///
+    /// # Errors
+    /// The transport could not tell; the actor asks again later.
+    fn lost_batches(
+        &mut self,
+        _batches: &[BatchId],
+    ) -> impl Future<Output = Result<Vec<BatchId>, TransportError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// How many batches of `task` may be in flight at once.
     fn batch_capacity(&self, task: TaskIndex) -> usize;
