@@ -169,7 +169,7 @@ fn garbage_and_wrong_version_messages_on_every_subject_are_dropped_and_the_run_c
     });
     wrong_dispatch[0] = daisy_proto::PROTOCOL_VERSION + 1;
     let mut wrong_event =
-        daisy_proto::encode(&Event::RunStarted { layout_hash: "x".into(), unix_ms: 1 });
+        daisy_proto::encode(&Event::RunStarted { layout_hash: "x".into(), unix_ms: 1, epoch: 1 });
     wrong_event[0] = daisy_proto::PROTOCOL_VERSION + 1;
     let garbage: &[u8] = b"\xff\x00garbage{not msgpack";
     let raw = setup.runtime.block_on(async_nats::connect(setup.nats.url())).unwrap();
@@ -281,8 +281,8 @@ fn a_poison_block_fails_after_its_deliveries_its_dependents_are_orphaned_and_the
 }
 
 /// Provisions run `r` with its pipeline file and publishes one batch of task `t` by hand,
-/// as the leader of epoch 1 would: `blocks` at attempt 1.
-fn publish_batch_by_hand(setup: &Setup, blocks: &[u64]) {
+/// as the leader of epoch 1 would: `blocks` at attempt 1. Returns its block-stream sequence.
+fn publish_batch_by_hand(setup: &Setup, blocks: &[u64]) -> u64 {
     let run = RunId::new("r").unwrap();
     let task = daisy_core::TaskId::new("t").unwrap();
     let dispatch = Dispatch {
@@ -295,8 +295,9 @@ fn publish_batch_by_hand(setup: &Setup, blocks: &[u64]) {
         let streams = setup.client.provision_run(&run, &RunSettings::default()).await.unwrap();
         let spec = std::fs::read_to_string(setup.pipeline_file("r")).unwrap();
         streams.put_spec(&spec).await.unwrap();
-        setup.client.publish_dispatch(&run, &task, &dispatch, &msg_id, None).await.unwrap();
-    });
+        let published = setup.client.publish_dispatch(&run, &task, &dispatch, &msg_id, None).await;
+        published.unwrap().stream_sequence
+    })
 }
 
 #[test]
@@ -330,7 +331,7 @@ fn a_batch_recorded_but_never_acked_is_removed_by_the_next_leader_and_not_run_ag
     // the block stream when a scheduler takes over.
     let setup = Setup::new();
     setup.pipeline("r", &setup.task("t", 4, "max_workers = 2"));
-    publish_batch_by_hand(&setup, &[1]);
+    let sequence = publish_batch_by_hand(&setup, &[1]);
     let run = RunId::new("r").unwrap();
     let task_id = daisy_core::TaskId::new("t").unwrap();
     setup.runtime.block_on(async {
@@ -346,9 +347,12 @@ fn a_batch_recorded_but_never_acked_is_removed_by_the_next_leader_and_not_run_ag
             }],
             worker_restarts: 0,
             epoch: 1,
+            dispatch_sequence: sequence,
+            delivery: 1,
+            ..OutcomeReport::default()
         });
         let msg_id = MsgId::for_event(&run, &recorded);
-        let scope = EventScope::Task(&task_id);
+        let scope = EventScope::Batch(&task_id, sequence);
         setup.client.publish_event(&run, scope, &recorded, &msg_id, None).await.unwrap();
     });
     let mut scheduler = Proc::spawn("scheduler", &mut setup.scheduler("r"));

@@ -482,7 +482,10 @@ impl RunStreams {
     /// # Errors
     /// [`BlockMessageError::Get`] if the request failed.
     #[instrument(level = "debug", skip_all, fields(run = %self.run, stream_sequence), err(level = "debug"))]
-    pub async fn block_message_exists(&self, stream_sequence: u64) -> Result<bool, BlockMessageError> {
+    pub async fn block_message_exists(
+        &self,
+        stream_sequence: u64,
+    ) -> Result<bool, BlockMessageError> {
         match self.blocks.get_raw_message(stream_sequence).await {
             Ok(_) => Ok(true),
             Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
@@ -508,12 +511,10 @@ impl RunStreams {
     ) -> Result<u64, BlockMessageError> {
         let subject = subjects::block_subject(&self.run, task);
         let purge = self.blocks.purge().filter(subject).sequence(through_sequence + 1);
-        let purged = purge.await.map_err(|source| {
-            BlockMessageError::Purge {
-                stream: subjects::block_stream(&self.run),
-                task: task.to_string(),
-                source,
-            }
+        let purged = purge.await.map_err(|source| BlockMessageError::Purge {
+            stream: subjects::block_stream(&self.run),
+            task: task.to_string(),
+            source,
         })?;
         Ok(purged.purged)
     }

@@ -110,7 +110,9 @@ impl Stream for EventReplay {
 
 /// Why the recorded outcomes of a dispatch message could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("could not read the outcomes recorded for block message {dispatch_sequence} of task {task}")]
+#[error(
+    "could not read the outcomes recorded for block message {dispatch_sequence} of task {task}"
+)]
 pub struct RecordedOutcomesError {
     /// The task.
     pub task: String,

@@ -49,7 +49,7 @@
 //! let streams = nats.provision_run(&run, &RunSettings::default()).await?;
 //! let task = TaskId::new("smooth")?;
 //! let dispatch = Dispatch { task: task.to_string(), epoch: 1, blocks: vec![BlockWork { index: 0, attempt: 1 }] };
-//! nats.publish_dispatch(&run, &task, &dispatch, &MsgId::dispatch(&run, &task, 0, 1), None, None).await?;
+//! nats.publish_dispatch(&run, &task, &dispatch, &MsgId::dispatch(&run, &task, 0, 1), None).await?;
 //! # let _ = streams; Ok(()) }
 //! ```
 
@@ -69,8 +69,8 @@ pub mod trace;
 /// Message headers, passed through on publish and handed out on receipt (`traceparent`).
 pub use async_nats::HeaderMap;
 pub use blocks::{
-    AckError, BlockAcker, BlockConsumer, BlockMessage, BlockMessageError, ConsumerError,
-    BlockStreamState, ConsumerSettings, ReceivedDispatch, StreamInfoError,
+    AckError, BlockAcker, BlockConsumer, BlockMessage, BlockMessageError, BlockStreamState,
+    ConsumerError, ConsumerSettings, ReceivedDispatch, StreamInfoError,
 };
 pub use connect::{ConnectError, ConnectOptions, FlushError, Nats, connect};
 pub use dlq::{DeadLetter, DeadLetters};

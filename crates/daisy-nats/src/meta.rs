@@ -216,11 +216,8 @@ impl RunStreams {
     #[instrument(level = "debug", skip_all, fields(run = %self.run, epoch = status.epoch), err(level = "debug"))]
     pub async fn put_status_fenced(&self, status: &RunStatus) -> Result<u64, MetaError> {
         let key = subjects::STATUS_KEY;
-        let meta_error = |source| MetaError::Get {
-            bucket: self.meta.name.clone(),
-            key: key.to_owned(),
-            source,
-        };
+        let meta_error =
+            |source| MetaError::Get { bucket: self.meta.name.clone(), key: key.to_owned(), source };
         for _ in 0..8 {
             let entry = self.meta.entry(key).await.map_err(meta_error)?;
             let revision = match &entry {

@@ -65,12 +65,10 @@ impl PublishError {
 impl Nats {
     /// Publishes a dispatch on the task's block subject and waits until the block stream
     /// stored it. `headers` (e.g. `traceparent`) are sent along; `Nats-Msg-Id` is set from
-    /// `msg_id`. With `expected_last_sequence`, the stream stores it only if its last
-    /// message is that one (the leader's fence: see the scheduler's docs).
+    /// `msg_id`.
     ///
     /// # Errors
-    /// [`PublishError`] if it was not stored; [`PublishError::is_wrong_last_sequence`] tells
-    /// that someone else published in between.
+    /// [`PublishError`] if it was not stored.
     #[instrument(level = "debug", skip_all, fields(%run, %task, %msg_id), err(level = "debug"))]
     pub async fn publish_dispatch(
         &self,
@@ -79,11 +77,30 @@ impl Nats {
         dispatch: &Dispatch,
         msg_id: &MsgId,
         headers: Option<HeaderMap>,
-        expected_last_sequence: Option<u64>,
     ) -> Result<Published, PublishError> {
         let subject = subjects::block_subject(run, task);
-        self.publish_with(subject, encode(dispatch), Some(msg_id), headers, expected_last_sequence)
-            .await
+        self.publish_with(subject, encode(dispatch), Some(msg_id), headers, None).await
+    }
+
+    /// [`Nats::publish_dispatch`], stored only if the block stream's last message is
+    /// `expected_last_sequence` (the leader's fence: see the scheduler's docs).
+    ///
+    /// # Errors
+    /// [`PublishError`] if it was not stored; [`PublishError::is_wrong_last_sequence`] tells
+    /// that someone else published in between.
+    #[instrument(level = "debug", skip_all, fields(%run, %task, %msg_id), err(level = "debug"))]
+    pub async fn publish_dispatch_fenced(
+        &self,
+        run: &RunId,
+        task: &TaskId,
+        dispatch: &Dispatch,
+        msg_id: &MsgId,
+        headers: Option<HeaderMap>,
+        expected_last_sequence: u64,
+    ) -> Result<Published, PublishError> {
+        let subject = subjects::block_subject(run, task);
+        let expected = Some(expected_last_sequence);
+        self.publish_with(subject, encode(dispatch), Some(msg_id), headers, expected).await
     }
 
     /// Publishes the fence marker of a new leader of `epoch` in the block stream, stored only

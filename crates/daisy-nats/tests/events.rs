@@ -23,6 +23,7 @@ fn outcome(index: u64) -> Event {
         }],
         worker_restarts: 0,
         epoch: 1,
+        ..OutcomeReport::default()
     })
 }
 
@@ -30,7 +31,7 @@ fn outcome(index: u64) -> Event {
 async fn replay_returns_events_in_order_then_tails_a_live_one() -> TestResult {
     let f = fixture().await?;
     let smooth = task("smooth");
-    let started = Event::RunStarted { layout_hash: "abc".into(), unix_ms: 1 };
+    let started = Event::RunStarted { layout_hash: "abc".into(), unix_ms: 1, epoch: 1 };
     let mut written = vec![started.clone()];
     f.nats
         .publish_event(&f.run, EventScope::Run, &started, &MsgId::for_event(&f.run, &started), None)

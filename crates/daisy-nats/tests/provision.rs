@@ -67,7 +67,7 @@ async fn two_runs_on_one_server_do_not_see_each_others_messages() -> TestResult 
         None,
     )
     .await?;
-    let event = Event::TaskAbandoned { task: "smooth".into(), reason: "test".into() };
+    let event = Event::TaskAbandoned { task: "smooth".into(), reason: "test".into(), epoch: 1 };
     nats.publish_event(
         &run_a,
         EventScope::Task(&smooth),

@@ -332,7 +332,8 @@ mod tests {
         assert!(!fence.is_stale(&started(7)));
         assert!(fence.is_stale(&abandoned(3)), "epoch 3 was deposed by epoch 7");
         assert!(!fence.is_stale(&worker), "worker reports are fenced elsewhere");
-        let dead_letter = Event::Outcomes(OutcomeReport { leader_epoch: Some(3), ..Default::default() });
+        let dead_letter =
+            Event::Outcomes(OutcomeReport { leader_epoch: Some(3), ..Default::default() });
         assert!(fence.is_stale(&dead_letter));
         assert!(!fence.is_stale(&abandoned(7)));
     }

@@ -6,8 +6,11 @@
 //!  KV spec ──► pipeline ──► per task: BlockConsumer (AckWait = min(timeout, 30 s),
 //!                                       MaxDeliver = max(max_retries, 1) + 1,
 //!                                       MaxAckPending = max_workers)
-//!  slot: permit (--slots) ─► fetch 1 batch ─► process (heartbeat +WPI)
-//!        ─► publish Outcomes event (Nats-Msg-Id) ─► ack (or nak if stopped early)
+//!  slot: permit (--slots) ─► fetch 1 batch
+//!        (a redelivery: drop the blocks the record already holds for this message)
+//!        ─► process (heartbeat +WPI) ─► publish Outcomes event(s) on
+//!           event.task.<task>.<message sequence> (Nats-Msg-Id) ─► ack
+//!           (stopped early: the unstarted blocks are handed back in the report)
 //!  liveness: a key in the workers bucket, refreshed every TTL/3
 //!  exit: when the run's status says finished or cancelled (unless --forever)
 //! ```
@@ -21,12 +24,17 @@
 //! while no other slot waits for a permit, and only peeks (JetStream's
 //! `no_wait` pull), then backs off without the permit, while one does.
 //!
-//! # Why record, then ack
+//! # Why record, then ack, and filter redeliveries
 //! The event stream is the run's record. Acking first and crashing before
 //! the record would lose an outcome; recording first and crashing before
-//! the ack only redelivers a batch whose outcomes the scheduler already has
-//! (it drops them as stale).
+//! the ack redelivers a batch whose outcomes are recorded — and the leader
+//! may already have started the neighbours those blocks conflict with. So a
+//! worker handed a redelivery reads what was recorded for that message (one
+//! subject per dispatch message, read by subject from the stream leader)
+//! and runs only the rest: a block whose success is recorded never starts
+//! again.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -323,7 +331,8 @@ async fn keep_alive(streams: RunStreams, options: NatsWorkerOptions, stop: Cance
 }
 
 /// How long a worker keeps trying to record outcomes while NATS is
-/// unreachable before it gives up (the batch is then redelivered).
+/// unreachable before it gives up (the batch is then redelivered and the
+/// slot goes on).
 const RECORD_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The longest AckWait: a worker that vanished has its batch redelivered
@@ -377,7 +386,10 @@ struct CurrentBatch {
     /// The dispatch's trace context; the outcome event continues the trace.
     traceparent: Option<String>,
     acker: BlockAcker,
-    blocks: usize,
+    /// The dispatch message's sequence in the block stream.
+    sequence: u64,
+    /// Which delivery of it this is.
+    delivery: u64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -391,6 +403,102 @@ struct NatsWorkerTransport {
     finished: Arc<AtomicBool>,
     current: Option<CurrentBatch>,
     heartbeat: Duration,
+}
+
+impl NatsWorkerTransport {
+    /// Drops from a redelivered dispatch the blocks whose outcome an earlier delivery
+    /// recorded (or handed back): their effect happened, or the scheduler dispatched them
+    /// again. Returns `None` if the record cannot be read now (the batch is then left to be
+    /// redelivered, not run blind).
+    async fn filter_recorded(&self, mut dispatch: Dispatch, sequence: u64) -> Option<Dispatch> {
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        let recorded = loop {
+            match self.streams.recorded_outcomes(&self.task_id, sequence).await {
+                Ok(recorded) => break recorded,
+                Err(err) if tries < 5 => {
+                    debug!(task = %self.task_id, sequence, error = %err, "could not read the record of a redelivered batch, retrying");
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(err) => {
+                    warn!(task = %self.task_id, sequence, error = %err, "could not read the record of a redelivered batch: leaving it for a redelivery");
+                    return None;
+                }
+            }
+        };
+        let done: HashSet<u64> = recorded
+            .iter()
+            .flat_map(|report| {
+                report
+                    .results
+                    .iter()
+                    .map(|result| result.index)
+                    .chain(report.returned.iter().copied())
+            })
+            .collect();
+        let before = dispatch.blocks.len();
+        dispatch.blocks.retain(|block| !done.contains(&block.index));
+        info!(task = %self.task_id, sequence, recorded = before - dispatch.blocks.len(), to_run = dispatch.blocks.len(), "redelivered batch filtered against the record");
+        Some(dispatch)
+    }
+
+    /// Publishes one part of a report until it is stored, for up to [`RECORD_PATIENCE`].
+    async fn record(
+        &self,
+        event: &Event,
+        headers: Option<daisy_nats::HeaderMap>,
+        sequence: u64,
+    ) -> bool {
+        let msg_id = MsgId::for_event(&self.run, event);
+        let scope = if sequence > 0 {
+            EventScope::Batch(&self.task_id, sequence)
+        } else {
+            EventScope::Task(&self.task_id)
+        };
+        let mut delay = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+        loop {
+            match self.nats.publish_event(&self.run, scope, event, &msg_id, headers.clone()).await {
+                Ok(_) => return true,
+                Err(err) if tokio::time::Instant::now() < deadline && !err.is_too_large() => {
+                    warn!(task = %self.task_id, error = %err, "recording outcomes failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => {
+                    error!(task = %self.task_id, error = %err, "could not record outcomes: the batch will be redelivered");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Splits a report into parts whose events fit in `max_bytes` each (halving the results
+/// until they do); the blocks handed back ride with the last part.
+fn split_report(report: OutcomeReport, max_bytes: usize) -> Vec<OutcomeReport> {
+    let size = |report: &OutcomeReport| daisy_proto::encode(&Event::Outcomes(report.clone())).len();
+    let mut parts = Vec::new();
+    let mut pending = vec![report];
+    while let Some(report) = pending.pop() {
+        if report.results.len() <= 1 || size(&report) <= max_bytes {
+            parts.push(report);
+            continue;
+        }
+        let mut second = report.clone();
+        let mut first = report;
+        second.results = first.results.split_off(first.results.len() / 2);
+        first.returned = Vec::new();
+        // Popped last-in-first-out: keep the order of the results.
+        pending.push(second);
+        pending.push(first);
+    }
+    for (number, part) in parts.iter_mut().enumerate() {
+        part.part = u32::try_from(number).unwrap_or(u32::MAX);
+    }
+    parts
 }
 
 impl WorkerTransport for NatsWorkerTransport {
@@ -430,16 +538,28 @@ impl WorkerTransport for NatsWorkerTransport {
             };
             backoff = Duration::ZERO;
             match message.dispatch {
-                Ok(dispatch) => {
+                Ok(mut dispatch) => {
+                    let sequence = message.stream_sequence;
                     if message.delivered > 1 {
                         warn!(task = %self.task_id, delivery = message.delivered, blocks = dispatch.blocks.len(), "batch redelivered: its last worker vanished");
+                        let Some(rest) = self.filter_recorded(dispatch, sequence).await else {
+                            continue;
+                        };
+                        if rest.blocks.is_empty() {
+                            if let Err(err) = message.acker.ack().await {
+                                debug!(task = %self.task_id, error = %err, "could not ack a recorded batch");
+                            }
+                            continue;
+                        }
+                        dispatch = rest;
                     }
                     let traceparent = daisy_nats::trace::traceparent_of(message.headers.as_ref());
                     debug!(task = %self.task_id, blocks = dispatch.blocks.len(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
                     self.current = Some(CurrentBatch {
                         traceparent,
                         acker: message.acker,
-                        blocks: dispatch.blocks.len(),
+                        sequence,
+                        delivery: message.delivered,
                         _permit: permit,
                     });
                     return Some(dispatch);
@@ -453,50 +573,28 @@ impl WorkerTransport for NatsWorkerTransport {
         }
     }
 
-    async fn report(&mut self, report: OutcomeReport) -> Result<(), WorkerTransportError> {
-        let complete = self.current.as_ref().is_some_and(|c| c.blocks == report.results.len());
-        let event = Event::Outcomes(report);
-        let msg_id = MsgId::for_event(&self.run, &event);
-        let headers = self.current.as_ref().and_then(|c| c.traceparent.as_deref()).map(|parent| {
+    /// Records the outcomes (split into parts that fit in a message), then acks the batch:
+    /// blocks not started were handed back in the report, so the batch is done with either
+    /// way and never nak'ed (a nak would charge a delivery for a graceful stop).
+    async fn report(&mut self, mut report: OutcomeReport) -> Result<(), WorkerTransportError> {
+        let Some(current) = self.current.take() else { return Ok(()) };
+        report.dispatch_sequence = current.sequence;
+        report.delivery = current.delivery;
+        let headers = current.traceparent.as_deref().map(|parent| {
             daisy_nats::trace::traceparent_headers(&daisy_nats::trace::child_traceparent(parent))
         });
-        // The outcome must be recorded before the batch is acked; while the
-        // server is unreachable (restarting), keep trying for a while.
-        let mut delay = Duration::from_millis(100);
-        let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
-        loop {
-            match self
-                .nats
-                .publish_event(
-                    &self.run,
-                    EventScope::Task(&self.task_id),
-                    &event,
-                    &msg_id,
-                    headers.clone(),
-                )
-                .await
-            {
-                Ok(_) => break,
-                Err(err) if tokio::time::Instant::now() < deadline => {
-                    warn!(task = %self.task_id, error = %err, "recording outcomes failed, retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(err) => {
-                    return Err(WorkerTransportError {
-                        what: "recording outcomes",
-                        reason: err.to_string(),
-                    });
-                }
+        // Room for the headers and the subject.
+        let max_bytes = self.nats.max_payload().saturating_sub(4096).max(1024);
+        for part in split_report(report, max_bytes) {
+            if !self.record(&Event::Outcomes(part), headers.clone(), current.sequence).await {
+                // Not acked: the batch is redelivered, and what was recorded is filtered out.
+                return Ok(());
             }
         }
-        if let Some(current) = self.current.take() {
-            let acked =
-                if complete { current.acker.ack().await } else { current.acker.nak(None).await };
-            if let Err(err) = acked {
-                // The outcomes are recorded; a redelivery is harmless.
-                warn!(task = %self.task_id, error = %err, "could not ack a batch");
-            }
+        daisy_nats::fault::STOP_AFTER_RECORD.pass();
+        if let Err(err) = current.acker.ack().await {
+            // The outcomes are recorded; a redelivery runs none of them again.
+            warn!(task = %self.task_id, error = %err, "could not ack a batch");
         }
         Ok(())
     }

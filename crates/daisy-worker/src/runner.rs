@@ -11,7 +11,8 @@
 //! One slot is one task (`task = "worker.slot"`). A transport error ends
 //! the slot with an error; a block's failure is just an outcome. On cancel
 //! the slot stops between blocks: blocks of the batch not yet started are
-//! left unreported (they stay in flight and run again on resume).
+//! handed back in the report ([`OutcomeReport::returned`]), so the
+//! scheduler dispatches only them again, with no attempt counted.
 //!
 //! # Why batches
 //! A no-op block takes microseconds; a message per block would cap a run at
@@ -288,12 +289,21 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
             };
             let restarts = returned.restarts();
             processor = Some(returned);
+            // Blocks not started (the slot was stopped) go back to the scheduler.
+            let returned = dispatch
+                .blocks
+                .iter()
+                .map(|work| work.index)
+                .filter(|index| !results.iter().any(|result| result.index == *index))
+                .collect();
             let report = OutcomeReport {
                 task: task_id.to_string(),
                 worker: worker_id.clone(),
                 results,
                 worker_restarts: u32::try_from(restarts - reported_restarts).unwrap_or(u32::MAX),
                 epoch: dispatch.epoch,
+                returned,
+                ..OutcomeReport::default()
             };
             reported_restarts = restarts;
             transport.report(report).await?;

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use daisy_core::{Pipeline, TaskIndex};
 use daisy_proto::{Dispatch, Event, OutcomeReport, WorkerId, layout_hash};
 use daisy_scheduler::{
-    ReplayedOutcomes, RunReport, RunScheduler, RunSnapshot, SchedulerConfig, SchedulerError,
-    SchedulerTransport, TransportError,
+    BatchId, Input, ReplayedOutcomes, RunReport, RunScheduler, RunSnapshot, SchedulerConfig,
+    SchedulerError, SchedulerTransport, TransportError,
 };
 use daisy_worker::runner::{BlockProcessor, WorkerSlot, WorkerTransport, WorkerTransportError};
 use tokio::sync::{mpsc, watch};
@@ -59,15 +59,25 @@ pub enum RunError {
     Scheduler(#[from] SchedulerError),
 }
 
+/// A dispatch with the id the scheduler knows it by.
+type NumberedDispatch = (BatchId, Dispatch);
+
 struct InProcessTransport {
-    dispatch: Vec<async_channel::Sender<Dispatch>>,
+    dispatch: Vec<async_channel::Sender<NumberedDispatch>>,
     capacity: Vec<usize>,
     reports: mpsc::Receiver<OutcomeReport>,
     journal: Option<Journal>,
+    /// The id of the last batch dispatched (ids start at 1: 0 names no batch).
+    last_batch: u64,
 }
 
+/// Every worker slot of a task stopped while the scheduler still dispatches to it.
+#[derive(Debug, thiserror::Error)]
+#[error("every worker of the task has stopped")]
+struct WorkersStopped;
+
 fn journal_error(err: JournalError) -> TransportError {
-    TransportError { what: "recording to the journal", reason: err.to_string() }
+    TransportError::new("recording to the journal", err)
 }
 
 impl SchedulerTransport for InProcessTransport {
@@ -75,22 +85,25 @@ impl SchedulerTransport for InProcessTransport {
         &mut self,
         task: TaskIndex,
         dispatch: Dispatch,
-    ) -> Result<(), TransportError> {
-        self.dispatch[task.get()].send(dispatch).await.map_err(|_| TransportError {
-            what: "dispatching blocks",
-            reason: "every worker of the task has stopped".into(),
-        })
+    ) -> Result<BatchId, TransportError> {
+        self.last_batch += 1;
+        let batch = BatchId(self.last_batch);
+        self.dispatch[task.get()]
+            .send((batch, dispatch))
+            .await
+            .map_err(|_| TransportError::new("dispatching blocks", WorkersStopped))?;
+        Ok(batch)
     }
 
-    async fn next_report(&mut self) -> Result<Option<OutcomeReport>, TransportError> {
-        let Some(report) = self.reports.recv().await else { return Ok(None) };
+    async fn next_input(&mut self) -> Result<Input, TransportError> {
+        let Some(report) = self.reports.recv().await else { return Ok(Input::Closed) };
         if let Some(journal) = &mut self.journal {
             let event = Event::Outcomes(report);
             journal.append(&event).map_err(journal_error)?;
             let Event::Outcomes(report) = event else { unreachable!("built just above") };
-            return Ok(Some(report));
+            return Ok(Input::Outcomes(report));
         }
-        Ok(Some(report))
+        Ok(Input::Outcomes(report))
     }
 
     async fn record(&mut self, event: &Event) -> Result<(), TransportError> {
@@ -110,16 +123,21 @@ impl SchedulerTransport for InProcessTransport {
 }
 
 struct InProcessWorkerTransport {
-    dispatch: async_channel::Receiver<Dispatch>,
+    dispatch: async_channel::Receiver<NumberedDispatch>,
     reports: mpsc::Sender<OutcomeReport>,
+    /// The batch being worked on.
+    current: BatchId,
 }
 
 impl WorkerTransport for InProcessWorkerTransport {
     async fn next_dispatch(&mut self) -> Option<Dispatch> {
-        self.dispatch.recv().await.ok()
+        let (batch, dispatch) = self.dispatch.recv().await.ok()?;
+        self.current = batch;
+        Some(dispatch)
     }
 
-    async fn report(&mut self, report: OutcomeReport) -> Result<(), WorkerTransportError> {
+    async fn report(&mut self, mut report: OutcomeReport) -> Result<(), WorkerTransportError> {
+        report.dispatch_sequence = self.current.0;
         // The scheduler stops reading once every block is settled (or the
         // task was abandoned); a late report then has nobody to tell, and
         // the slot ends when its closed channel runs dry.
@@ -181,13 +199,22 @@ impl InProcessRun {
                 workers.push((
                     task,
                     slot,
-                    InProcessWorkerTransport { dispatch: rx.clone(), reports: report_tx.clone() },
+                    InProcessWorkerTransport {
+                        dispatch: rx.clone(),
+                        reports: report_tx.clone(),
+                        current: BatchId(0),
+                    },
                 ));
             }
         }
         drop(report_tx);
-        let transport =
-            InProcessTransport { dispatch: senders, capacity, reports: report_rx, journal };
+        let transport = InProcessTransport {
+            dispatch: senders,
+            capacity,
+            reports: report_rx,
+            journal,
+            last_batch: 0,
+        };
         let scheduler = RunScheduler::new(
             pipeline.clone(),
             transport,

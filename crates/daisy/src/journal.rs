@@ -176,7 +176,7 @@ mod tests {
     use super::*;
 
     fn started(hash: &str) -> Event {
-        Event::RunStarted { layout_hash: hash.into(), unix_ms: 1 }
+        Event::RunStarted { layout_hash: hash.into(), unix_ms: 1, epoch: 0 }
     }
 
     #[test]
@@ -186,7 +186,9 @@ mod tests {
             let (mut journal, events) = Journal::open(dir.path(), "h", false).unwrap();
             assert!(events.is_empty());
             journal.append(&started("h")).unwrap();
-            journal.append(&Event::TaskAbandoned { task: "a".into(), reason: "r".into() }).unwrap();
+            journal
+                .append(&Event::TaskAbandoned { task: "a".into(), reason: "r".into(), epoch: 0 })
+                .unwrap();
         }
         // A torn record: a length with half a body.
         let path = dir.path().join(JOURNAL_FILE);

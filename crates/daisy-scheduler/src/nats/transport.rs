@@ -97,10 +97,17 @@ impl NatsSchedulerTransport {
         let mut delay = Backoff::new();
         loop {
             self.guard.check().map_err(|e| TransportError::new("dispatching blocks", e))?;
-            let expected = Some(self.last_block_sequence);
+            let expected = self.last_block_sequence;
             let published = self
                 .nats
-                .publish_dispatch(&self.run, task_id, dispatch, msg_id, headers.clone(), expected)
+                .publish_dispatch_fenced(
+                    &self.run,
+                    task_id,
+                    dispatch,
+                    msg_id,
+                    headers.clone(),
+                    expected,
+                )
                 .await;
             match published {
                 Ok(published) => return Ok(published),
