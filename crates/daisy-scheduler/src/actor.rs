@@ -153,8 +153,20 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             batches: HashMap::new(),
         };
         for QueuedBatch { batch, dispatch } in found.in_flight {
-            if let Some(task) = actor.pipeline.task_index(&dispatch.task) {
-                actor.track(batch, task, dispatch.blocks);
+            let Some(task) = actor.pipeline.task_index(&dispatch.task) else { continue };
+            // Blocks the record already settled will not be reported again.
+            let blocks: Vec<BlockWork> = dispatch
+                .blocks
+                .into_iter()
+                .filter(|block| {
+                    block.index < actor.pipeline.task(task).grid.num_blocks()
+                        && actor
+                            .core
+                            .is_processing(BlockKey { task, index: BlockIndex(block.index) })
+                })
+                .collect();
+            if !blocks.is_empty() {
+                actor.track(batch, task, blocks);
             }
         }
         actor

@@ -611,3 +611,58 @@ impl WorkerTransport for NatsWorkerTransport {
         self.heartbeat
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use daisy_proto::{BlockResult, FailureKind, OutcomeKind};
+
+    use super::*;
+
+    fn failed(index: u64, error_bytes: usize) -> BlockResult {
+        BlockResult {
+            index,
+            attempt: 1,
+            outcome: OutcomeKind::Failed { kind: FailureKind::Failed },
+            error: Some("e".repeat(error_bytes)),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_report_too_large_for_one_message_is_split_in_order_and_every_part_fits() {
+        // 1,024 fast-failing blocks with 8 KiB error tails: 8 MiB, far over a 1 MiB payload.
+        let report = OutcomeReport {
+            task: "t".into(),
+            results: (0..1024).map(|index| failed(index, 8 * 1024)).collect(),
+            returned: vec![2000, 2001],
+            dispatch_sequence: 9,
+            delivery: 1,
+            ..OutcomeReport::default()
+        };
+        let max_bytes = 1024 * 1024 - 4096;
+        let parts = split_report(report, max_bytes);
+        assert!(parts.len() >= 8, "{} parts", parts.len());
+        for (number, part) in parts.iter().enumerate() {
+            assert!(daisy_proto::encode(&Event::Outcomes(part.clone())).len() <= max_bytes);
+            assert_eq!(part.part as usize, number);
+        }
+        let indices: Vec<u64> =
+            parts.iter().flat_map(|p| p.results.iter().map(|r| r.index)).collect();
+        assert_eq!(indices, (0..1024).collect::<Vec<_>>(), "every result once, in order");
+        let returned: Vec<u64> = parts.iter().flat_map(|p| p.returned.clone()).collect();
+        assert_eq!(returned, vec![2000, 2001], "handed back once");
+        let ids: HashSet<String> = parts
+            .iter()
+            .map(|p| {
+                MsgId::for_event(&RunId::new("r").unwrap(), &Event::Outcomes(p.clone())).to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), parts.len(), "each part is its own event");
+    }
+
+    #[test]
+    fn a_small_report_is_one_part() {
+        let report = OutcomeReport { results: vec![failed(1, 10)], ..OutcomeReport::default() };
+        assert_eq!(split_report(report.clone(), 1 << 20), vec![report]);
+    }
+}
