@@ -269,17 +269,25 @@ pub async fn run_replica(
         stop.clone(),
     ));
 
+    // A deposed leader stops at once: it must not even wait for the blocks in flight (their
+    // outcomes go to the next leader), and dropping the actor drops nothing durable.
     let actor_cancel = CancellationToken::new();
     let result = {
         let run_actor = actor.run(actor_cancel.clone());
         tokio::pin!(run_actor);
         loop {
             tokio::select! {
-                result = &mut run_actor => break result,
+                result = &mut run_actor => break Some(result),
                 () = cancel.cancelled(), if !actor_cancel.is_cancelled() => actor_cancel.cancel(),
-                () = guard.lost().cancelled(), if !actor_cancel.is_cancelled() => actor_cancel.cancel(),
+                () = guard.lost().cancelled() => break None,
             }
         }
+    };
+    let Some(result) = result else {
+        stop.cancel();
+        while helpers.join_next().await.is_some() {}
+        let _ = lease_keeper.await;
+        return Err(lost());
     };
     let lease_lost = guard.lost().is_cancelled() || !guard.is_valid();
     if !lease_lost && let Ok(report) = &result {

@@ -97,6 +97,9 @@ impl NatsSchedulerTransport {
         let mut delay = Backoff::new();
         loop {
             self.guard.check().map_err(|e| TransportError::new("dispatching blocks", e))?;
+            // A fault test stops the process here: between the check and the send is the
+            // window only the block stream's fence closes.
+            daisy_nats::fault::STOP_BEFORE_DISPATCH.pass();
             let expected = self.last_block_sequence;
             let published = self
                 .nats
@@ -213,8 +216,6 @@ impl SchedulerTransport for NatsSchedulerTransport {
         let traceparent = daisy_nats::trace::new_traceparent();
         debug!(task = %task_id, blocks = dispatch.blocks.len(), %traceparent, "dispatching batch");
         let headers = daisy_nats::trace::traceparent_headers(&traceparent);
-        self.guard.check().map_err(|e| TransportError::new("dispatching blocks", e))?;
-        daisy_nats::fault::STOP_BEFORE_DISPATCH.pass();
         let published = self.publish_dispatch(&task_id, &dispatch, &msg_id, Some(headers)).await?;
         self.last_block_sequence = self.last_block_sequence.max(published.stream_sequence);
         Ok(BatchId(published.stream_sequence))
