@@ -96,12 +96,13 @@ impl NatsWorkerOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum NatsWorkerError {
     /// Talking to NATS failed.
-    #[error("{what}: {reason}")]
+    #[error("{what}")]
     Nats {
         /// What was being done.
         what: &'static str,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The run's pipeline, as published, is not valid.
     #[error("the pipeline of run '{run}' is not valid: {reason}")]
@@ -123,8 +124,11 @@ pub enum NatsWorkerError {
     },
 }
 
-fn nats_error(what: &'static str, err: impl std::fmt::Display) -> NatsWorkerError {
-    NatsWorkerError::Nats { what, reason: err.to_string() }
+fn nats_error(
+    what: &'static str,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> NatsWorkerError {
+    NatsWorkerError::Nats { what, source: source.into() }
 }
 
 /// Waits for the run to be published, then serves it until it finishes
@@ -225,7 +229,9 @@ pub async fn run_nats_worker(
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                error!(error = %err, "worker slot stopped");
+                let cause =
+                    std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+                error!(error = %err, %cause, "worker slot stopped");
                 result = Err(nats_error("worker slot", err));
                 stop.cancel();
             }

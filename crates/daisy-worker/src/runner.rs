@@ -175,12 +175,13 @@ impl BlockProcessor for CommandProcessor {
 
 /// A transport failure on the worker side.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {reason}")]
+#[error("{what}")]
 pub struct WorkerTransportError {
     /// What the transport was doing.
     pub what: &'static str,
     /// Why it failed.
-    pub reason: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// The worker's side of a transport, for one task.
@@ -280,7 +281,7 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                         Ok(done) => break done,
                         Err(err) => {
                             // run_batch catches panics per block, so this is a bug.
-                            return Err(WorkerTransportError { what: "running a batch", reason: err.to_string() });
+                            return Err(WorkerTransportError { what: "running a batch", source: err.into() });
                         }
                     },
                     () = cancel.cancelled(), if !stop.load(Ordering::Relaxed) => stop.store(true, Ordering::Relaxed),
