@@ -15,7 +15,6 @@ mod commands;
 mod input;
 mod nats_args;
 mod operator;
-mod processes;
 mod progress;
 mod rss;
 mod summary;

@@ -29,13 +29,11 @@ use clap::Args;
 use daisy_core::Pipeline;
 use daisy_proto::RunId;
 use daisy_scheduler::RunReport;
+use daisy_worker::factory::{ChildEnvironment, check_processes};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::input::{BadInput, load_pipeline};
-use crate::processes::{
-    ChildEnvironment, TaskProcesses, install_python_helper, python_path, task_processes,
-};
 use crate::progress::{Progress, ProgressMode, follow};
 use crate::summary::{RunPlaces, write_json, write_text};
 use crate::telemetry::LogOutput;
@@ -192,7 +190,7 @@ impl Prepared {
 /// Everything a mode needs to run a pipeline file.
 pub(crate) struct RunContext {
     pub pipeline: Arc<Pipeline>,
-    pub processes: Vec<TaskProcesses>,
+    /// Where the pipeline's processes start, log and find the Python helper.
     pub children: ChildEnvironment,
     pub run_id: RunId,
     /// `<state-dir>/<run-id>`, absolute.
@@ -224,27 +222,25 @@ fn context(args: &RunArgs) -> anyhow::Result<RunContext> {
             RunId::sanitized(&stem)
         }
     };
-    let processes = task_processes(&pipeline, &args.file, &pipeline_dir)?;
+    check_processes(&pipeline, &pipeline_dir).map_err(|err| {
+        BadInput(format!("{}: {:#}", args.file.display(), anyhow::Error::new(err)))
+    })?;
     let state_dir = absolute(&args.state_dir, "--state-dir")?;
     let log_dir = absolute(&args.log_dir, "--log-dir")?;
-    let helper_dir = install_python_helper(&state_dir).map_err(|err| {
-        BadInput(format!(
-            "cannot write the Python helper into --state-dir {}: {err}; give a writable \
-             directory with --state-dir",
-            args.state_dir.display()
-        ))
-    })?;
-    let children = ChildEnvironment {
-        log_dir,
-        current_dir: pipeline_dir,
-        env: vec![("PYTHONPATH".to_owned(), python_path(&helper_dir))],
-    };
+    let children = ChildEnvironment::new(log_dir, pipeline_dir)
+        .with_python_helper(&state_dir)
+        .map_err(|err| {
+            BadInput(format!(
+                "cannot write the Python helper into --state-dir {}: {err}; give a writable \
+                     directory with --state-dir",
+                args.state_dir.display()
+            ))
+        })?;
     Ok(RunContext {
         run_dir: state_dir.join(run_id.as_str()),
         journal_shown: args.state_dir.join(run_id.as_str()).join(daisy::journal::JOURNAL_FILE),
         log_dir_shown: args.log_dir.clone(),
         pipeline,
-        processes,
         children,
         run_id,
         fresh: args.fresh,

@@ -6,6 +6,7 @@ use daisy::in_process::{InProcessRun, RunError, RunOptions};
 use daisy::journal::JournalError;
 use daisy_core::TaskIndex;
 use daisy_scheduler::{RunReport, RunSnapshot, SchedulerConfig};
+use daisy_worker::factory::pipeline_processors;
 use daisy_worker::runner::BlockProcessor;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -56,11 +57,10 @@ impl Prepared {
         context: &RunContext,
         cancel: CancellationToken,
     ) -> anyhow::Result<RunReport> {
-        // The factory must be 'static (slots may outlive a borrow), so it owns copies.
-        let processes = context.processes.clone();
-        let children = context.children.clone();
+        let processors = pipeline_processors(context.children.clone());
+        let pipeline = context.pipeline.clone();
         let factory = move |task: TaskIndex, slot: u32| -> Box<dyn BlockProcessor> {
-            Box::new(processes[task.get()].processor(slot, &children))
+            processors(&pipeline, task, slot)
         };
         Ok(self.run.run(&factory, cancel).await?)
     }

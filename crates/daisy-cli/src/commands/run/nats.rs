@@ -5,17 +5,15 @@
 //! slots run in this process, both through JetStream.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use daisy_core::{Pipeline, TaskIndex};
 use daisy_nats::server::{NatsServer, ServerOptions};
 use daisy_nats::{LeaseHolder, Nats, RunSettings};
 use daisy_scheduler::nats::{ReplicaError, ReplicaOptions, run_replica, signal_leading};
 use daisy_scheduler::{RunReport, RunSnapshot, SchedulerConfig};
-use daisy_worker::nats::{NatsProcessorFactory, NatsWorkerOptions, run_nats_worker_from};
-use daisy_worker::runner::BlockProcessor;
+use daisy_worker::factory::pipeline_processors;
+use daisy_worker::nats::{NatsWorkerOptions, run_nats_worker_from};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -142,16 +140,7 @@ impl Prepared {
         };
         let slots: u32 = context.pipeline.tasks().iter().map(|t| t.spec.max_workers).sum();
         let worker_options = NatsWorkerOptions::new(context.run_id.clone(), slots);
-        let processes = context.processes.clone();
-        let children = context.children.clone();
-        let factory: Arc<NatsProcessorFactory> = Arc::new(
-            move |_pipeline: &Arc<Pipeline>,
-                  task: TaskIndex,
-                  slot: u32|
-                  -> Box<dyn BlockProcessor> {
-                Box::new(processes[task.get()].processor(slot, &children))
-            },
-        );
+        let factory = pipeline_processors(context.children.clone());
         let workers_cancel = CancellationToken::new();
         let workers = tokio::spawn(run_nats_worker_from(
             leading.clone(),
