@@ -39,6 +39,7 @@ mod task;
 
 pub use daisy_core::{BlockId, Coordinate, Fit, Roi, TaskCounters};
 pub use daisy_scheduler::{RunReport, RunSnapshot, TaskReport};
+pub use daisy_worker::factory::ProcessorFactory;
 pub use daisy_worker::runner::WorkBlock as Block;
 pub use nats::{CLOSURE_PLACEHOLDER, Worker};
 pub use task::{BoxError, Runner, Task, TaskBuilder, TaskError, run_blockwise};

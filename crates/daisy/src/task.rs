@@ -8,10 +8,11 @@ use std::time::Duration;
 use daisy_core::{Fit, Pipeline, PipelineError, Roi, TaskId, TaskIndex, TaskSpec};
 use daisy_proto::FailureKind;
 use daisy_scheduler::RunReport;
+use daisy_worker::factory::ProcessorFactory;
 use daisy_worker::runner::{BlockProcessor, ProcessError, WorkBlock};
 use tokio_util::sync::CancellationToken;
 
-use crate::in_process::{InProcessRun, ProcessorFactory, RunError, RunOptions};
+use crate::in_process::{InProcessRun, RunError, RunOptions};
 
 /// The error a process function may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -330,10 +331,11 @@ impl Runner {
         }
         let processors: Vec<(ProcessFn, Option<CheckFn>)> =
             tasks.iter().map(|t| (t.inner.process.clone(), t.inner.check.clone())).collect();
-        let factory = move |task: TaskIndex, _slot: u32| -> Box<dyn BlockProcessor> {
-            let (process, check) = processors[task.get()].clone();
-            Box::new(ClosureProcessor { process, check })
-        };
+        let factory =
+            move |_: &Arc<Pipeline>, task: TaskIndex, _slot: u32| -> Box<dyn BlockProcessor> {
+                let (process, check) = processors[task.get()].clone();
+                Box::new(ClosureProcessor { process, check })
+            };
         let factory: &ProcessorFactory = &factory;
         let run = InProcessRun::prepare(pipeline, self.options)?;
         Ok(run.run(factory, self.cancel).await?)

@@ -4,10 +4,8 @@
 
 use daisy::in_process::{InProcessRun, RunError, RunOptions};
 use daisy::journal::JournalError;
-use daisy_core::TaskIndex;
 use daisy_scheduler::{RunReport, RunSnapshot, SchedulerConfig};
 use daisy_worker::factory::pipeline_processors;
-use daisy_worker::runner::BlockProcessor;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -57,11 +55,7 @@ impl Prepared {
         context: &RunContext,
         cancel: CancellationToken,
     ) -> anyhow::Result<RunReport> {
-        let processors = pipeline_processors(context.children.clone());
-        let pipeline = context.pipeline.clone();
-        let factory = move |task: TaskIndex, slot: u32| -> Box<dyn BlockProcessor> {
-            processors(&pipeline, task, slot)
-        };
-        Ok(self.run.run(&factory, cancel).await?)
+        let factory = pipeline_processors(context.children.clone());
+        Ok(self.run.run(&*factory, cancel).await?)
     }
 }
