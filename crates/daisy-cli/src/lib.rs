@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod foreground;
 mod input;
 mod nats_args;
 mod operator;
