@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod foreground;
 mod input;
 mod nats_args;
 mod operator;
-mod processes;
 mod progress;
 mod rss;
 mod summary;

@@ -7,12 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use daisy::nats::embedded::EMBEDDED_URL_FILE;
 use daisy_nats::{ConnectOptions, Nats};
 
 use crate::input::BadInput;
-
-/// Where the embedded server's URL is written, under the state dir.
-pub const EMBEDDED_URL_FILE: &str = "nats/url";
 
 /// How to reach and authenticate to NATS.
 #[derive(Debug, Clone, Args)]

@@ -199,28 +199,31 @@ pub enum SpecError {
     NoTasks,
 }
 
-#[derive(Deserialize)]
+// The file structs below are both what `parse_pipeline` reads and what
+// `pipeline_toml` writes: one definition of the format.
+
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PipelineFile {
     #[serde(default)]
     task: Vec<TaskEntry>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RoiEntry {
     offset: Vec<i64>,
     shape: Vec<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(untagged)]
 enum TimeoutEntry {
     Seconds(f64),
     Text(String),
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TaskEntry {
     id: String,
@@ -237,11 +240,15 @@ struct TaskEntry {
     max_retries: u32,
     #[serde(default = "default_max_worker_restarts")]
     max_worker_restarts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<TimeoutEntry>,
     #[serde(default)]
     upstream: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     worker: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     check: Option<Vec<String>>,
 }
 
@@ -290,50 +297,53 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<TaskSpec>, SpecError> {
 /// Writes task specs in the pipeline file format, the inverse of
 /// [`parse_pipeline`]. A task without a process (a Rust closure) gets
 /// `placeholder` as its `command`, so the text parses.
+///
+/// The text is the `toml` crate's serialization of the same file structs
+/// that [`parse_pipeline`] reads, so every string (quotes, backslashes,
+/// control characters, any Unicode) is escaped as TOML requires, and every
+/// key is spelled as the parser expects. The timeout is written as text
+/// (`"1s 500ms"`), which parses back to the same [`Duration`] exactly.
+///
+/// # Panics
+/// Never: the file structs hold only strings, integers, booleans, arrays
+/// and tables, which TOML can always represent.
 pub fn pipeline_toml(tasks: &[TaskSpec], placeholder: &str) -> String {
-    use std::fmt::Write as _;
-    let list = |values: &[i64]| values.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
-    let roi = |roi: &Roi| {
-        format!(
-            "{{ offset = [{}], shape = [{}] }}",
-            list(roi.offset().as_slice()),
-            list(roi.shape().as_slice())
-        )
+    let roi = |roi: &Roi| RoiEntry {
+        offset: roi.offset().as_slice().to_vec(),
+        shape: roi.shape().as_slice().to_vec(),
     };
-    let strings =
-        |values: &[String]| values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ");
-    let mut text = String::new();
-    for task in tasks {
-        let _ = writeln!(text, "[[task]]");
-        let _ = writeln!(text, "id = {:?}", task.id.as_str());
-        let _ = writeln!(text, "total_roi = {}", roi(&task.total_roi));
-        let _ = writeln!(text, "read_roi = {}", roi(&task.read_roi));
-        let _ = writeln!(text, "write_roi = {}", roi(&task.write_roi));
-        let _ = writeln!(text, "fit = \"{}\"", task.fit);
-        let _ = writeln!(text, "read_write_conflict = {}", task.read_write_conflict);
-        let _ = writeln!(text, "max_workers = {}", task.max_workers);
-        let _ = writeln!(text, "max_retries = {}", task.max_retries);
-        let _ = writeln!(text, "max_worker_restarts = {}", task.max_worker_restarts);
-        let _ = writeln!(text, "timeout = {}", task.timeout.as_secs_f64());
-        let upstream: Vec<String> = task.upstream.iter().map(|u| u.to_string()).collect();
-        let _ = writeln!(text, "upstream = [{}]", strings(&upstream));
-        match &task.process {
-            Some(ProcessSpec::Worker(argv)) => {
-                let _ = writeln!(text, "worker = [{}]", strings(argv));
-            }
-            Some(ProcessSpec::Command(argv)) => {
-                let _ = writeln!(text, "command = [{}]", strings(argv));
-            }
-            None => {
-                let _ = writeln!(text, "command = [{placeholder:?}]");
-            }
-        }
-        if let Some(check) = &task.check {
-            let _ = writeln!(text, "check = [{}]", strings(check));
-        }
-        text.push('\n');
-    }
-    text
+    let file = PipelineFile {
+        task: tasks
+            .iter()
+            .map(|task| {
+                let (worker, command) = match &task.process {
+                    Some(ProcessSpec::Worker(argv)) => (Some(argv.clone()), None),
+                    Some(ProcessSpec::Command(argv)) => (None, Some(argv.clone())),
+                    None => (None, Some(vec![placeholder.to_owned()])),
+                };
+                TaskEntry {
+                    id: task.id.to_string(),
+                    total_roi: roi(&task.total_roi),
+                    read_roi: roi(&task.read_roi),
+                    write_roi: roi(&task.write_roi),
+                    fit: task.fit,
+                    read_write_conflict: task.read_write_conflict,
+                    max_workers: task.max_workers,
+                    max_retries: task.max_retries,
+                    max_worker_restarts: task.max_worker_restarts,
+                    timeout: Some(TimeoutEntry::Text(
+                        humantime::format_duration(task.timeout).to_string(),
+                    )),
+                    upstream: task.upstream.iter().map(TaskId::to_string).collect(),
+                    worker,
+                    command,
+                    check: task.check.clone(),
+                }
+            })
+            .collect(),
+    };
+    // Strings, integers, booleans, arrays and tables: TOML represents them all.
+    toml::to_string(&file).expect("the pipeline file structs hold only TOML-representable data")
 }
 
 fn task_from_entry(position: usize, entry: TaskEntry) -> Result<TaskSpec, SpecError> {
@@ -467,6 +477,57 @@ command = ["true"]
             with_placeholder[0].process,
             Some(ProcessSpec::Command(vec!["rust closure".into()]))
         );
+    }
+
+    #[test]
+    fn awkward_strings_survive_the_round_trip() {
+        let mut task = parse_pipeline(MINIMAL).unwrap().remove(0);
+        task.process = Some(ProcessSpec::Worker(vec![
+            "python3".into(),
+            r#"say "hi" \ C:\temp\x.py"#.into(),
+            "\u{e9}t\u{e9} \u{1f33c} \u{7f}\t\n\r\u{0}\u{1b}[0m".into(),
+            "'single' '''triple''' \"\"\"".into(),
+            String::new(),
+        ]));
+        task.check = Some(vec!["sh".into(), "-c".into(), "test -e \"$1\" && echo '\\'".into()]);
+        task.timeout = Duration::new(3, 1);
+        let closure = TaskSpec { process: None, ..task.clone() };
+        let written = pipeline_toml(std::slice::from_ref(&task), "unused");
+        assert_eq!(parse_pipeline(&written).unwrap(), vec![task], "{written}");
+        let placeholder = "<a \"closure\"\\ \u{2603}>";
+        let with_placeholder = parse_pipeline(&pipeline_toml(&[closure], placeholder)).unwrap();
+        assert_eq!(
+            with_placeholder[0].process,
+            Some(ProcessSpec::Command(vec![placeholder.into()]))
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_spec_survives_the_round_trip(
+            argv in proptest::collection::vec(".*", 1..4),
+            check in proptest::option::of(proptest::collection::vec(".*", 1..3)),
+            worker in proptest::bool::ANY,
+            nanos in 0u64..=u64::MAX / 4,
+            shape in 1i64..1000,
+            offset in -1000i64..1000,
+        ) {
+            proptest::prop_assume!(!argv[0].trim().is_empty());
+            proptest::prop_assume!(check.as_ref().is_none_or(|c| !c[0].trim().is_empty()));
+            let mut task = parse_pipeline(MINIMAL).unwrap().remove(0);
+            task.total_roi = Roi::new([offset, 0].into(), [shape, 6].into());
+            task.process = Some(if worker {
+                ProcessSpec::Worker(argv)
+            } else {
+                ProcessSpec::Command(argv)
+            });
+            task.check = check;
+            task.timeout = Duration::from_nanos(nanos);
+            let written = pipeline_toml(std::slice::from_ref(&task), "unused");
+            proptest::prop_assert_eq!(parse_pipeline(&written).unwrap(), vec![task]);
+        }
     }
 
     #[test]

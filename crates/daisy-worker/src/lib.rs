@@ -22,6 +22,7 @@
 //! executor, so there is nothing to gain from async child handling and a lot of
 //! cancellation subtlety to lose.
 
+pub mod factory;
 pub mod nats;
 pub mod process;
 pub mod runner;

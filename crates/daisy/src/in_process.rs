@@ -22,7 +22,8 @@ use daisy_scheduler::{
     BatchId, Input, ReplayedOutcomes, RunReport, RunScheduler, RunSnapshot, SchedulerConfig,
     SchedulerError, SchedulerTransport, TransportError,
 };
-use daisy_worker::runner::{BlockProcessor, WorkerSlot, WorkerTransport, WorkerTransportError};
+use daisy_worker::factory::ProcessorFactory;
+use daisy_worker::runner::{WorkerSlot, WorkerTransport, WorkerTransportError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +33,6 @@ use crate::journal::{Journal, JournalError};
 
 /// Batches per worker slot that may wait in a task's channel.
 const BATCHES_PER_WORKER: usize = 2;
-
-/// Builds the processor of one worker slot: `(task, slot index)`.
-pub type ProcessorFactory = dyn Fn(TaskIndex, u32) -> Box<dyn BlockProcessor> + Send + Sync;
 
 /// Where and how an in-process run records itself.
 #[derive(Debug, Clone, Default)]
@@ -255,7 +253,7 @@ impl InProcessRun {
                 pipeline: pipeline.clone(),
                 task,
                 worker_id,
-                processor: factory(task, slot),
+                processor: factory(&pipeline, task, slot),
                 transport,
             };
             slots.spawn(worker.run(worker_cancel.clone()));

@@ -23,23 +23,32 @@
 //! # Layout
 //! * [`Task`], [`TaskBuilder`], [`run_blockwise`], [`Runner`]: the library
 //!   API, with Rust closures as process functions.
-//! * [`in_process`]: the in-process transport (bounded channels, a journal
-//!   file for resume) that `daisy run --in-process` also uses.
+//! * [`in_process`]: [`in_process::InProcessRun`], the in-process transport
+//!   (bounded channels, a journal file for resume) that `daisy run
+//!   --in-process` also uses.
+//! * [`nats`]: [`nats::NatsRun`], a scheduler replica and local worker slots
+//!   over NATS JetStream (an existing server or an embedded one), as
+//!   `daisy run`, `daisy-scheduler` and `Runner::nats` run them; [`Worker`]
+//!   joins such a run with this program's closures.
 //! * [`journal`]: the append-only record of an in-process run.
 //!
 //! # Ownership
 //! This crate wires the scheduler actor (`daisy-scheduler`) to worker slots
-//! (`daisy-worker`) in one process. It does not decide anything about
-//! blocks: `daisy-core` does.
+//! (`daisy-worker`) in one process, over channels or NATS; the binaries
+//! only parse flags, call [`in_process::InProcessRun`] or [`nats::NatsRun`]
+//! and print. It does not decide anything about blocks: `daisy-core` does.
 
 pub mod in_process;
 pub mod journal;
-mod nats;
+pub mod nats;
 mod task;
+mod worker;
 
 pub use daisy_core::{BlockId, Coordinate, Fit, Roi, TaskCounters};
 pub use daisy_scheduler::{RunReport, RunSnapshot, TaskReport};
+pub use daisy_worker::factory::ProcessorFactory;
 pub use daisy_worker::runner::WorkBlock as Block;
-pub use nats::{CLOSURE_PLACEHOLDER, Worker};
+pub use nats::CLOSURE_PLACEHOLDER;
 pub use task::{BoxError, Runner, Task, TaskBuilder, TaskError, run_blockwise};
 pub use tokio_util::sync::CancellationToken;
+pub use worker::Worker;

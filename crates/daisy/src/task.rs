@@ -1,23 +1,27 @@
 //! Tasks with Rust closures as process functions, and `run_blockwise`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use daisy_core::{Fit, Pipeline, PipelineError, Roi, TaskId, TaskIndex, TaskSpec};
-use daisy_proto::FailureKind;
+use daisy_nats::ConnectOptions;
+use daisy_proto::{FailureKind, RunId};
 use daisy_scheduler::RunReport;
+use daisy_worker::factory::{NoProcessor, ProcessorFactory};
+use daisy_worker::nats::NatsWorkerError;
 use daisy_worker::runner::{BlockProcessor, ProcessError, WorkBlock};
 use tokio_util::sync::CancellationToken;
 
-use crate::in_process::{InProcessRun, ProcessorFactory, RunError, RunOptions};
+use crate::in_process::{InProcessRun, RunError, RunOptions};
+use crate::nats::{NatsRun, NatsRunError, NatsRunOptions, ServerChoice};
 
 /// The error a process function may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub(crate) type ProcessFn = Arc<dyn Fn(&WorkBlock) -> Result<(), BoxError> + Send + Sync>;
-pub(crate) type CheckFn = Arc<dyn Fn(&WorkBlock) -> bool + Send + Sync>;
+type ProcessFn = Arc<dyn Fn(&WorkBlock) -> Result<(), BoxError> + Send + Sync>;
+type CheckFn = Arc<dyn Fn(&WorkBlock) -> bool + Send + Sync>;
 
 /// A task: the blocks to cut, and the Rust function that processes one.
 ///
@@ -61,9 +65,18 @@ pub enum TaskError {
     /// The run failed to run to its end.
     #[error(transparent)]
     Run(#[from] RunError),
-    /// The NATS runtime failed (connecting, the scheduler replica).
-    #[error("{0}")]
-    Nats(String),
+    /// The NATS run id is not `[A-Za-z0-9_-]{1,64}`.
+    #[error("run id {id:?}: use 1 to 64 letters, digits, '_' or '-'")]
+    InvalidRunId {
+        /// The rejected id.
+        id: String,
+    },
+    /// The NATS run failed (connecting, the scheduler replica).
+    #[error(transparent)]
+    Nats(#[from] NatsRunError),
+    /// A [`Worker`](crate::Worker) could not serve its run.
+    #[error(transparent)]
+    Worker(#[from] NatsWorkerError),
     /// The async runtime could not start.
     #[error("cannot start the tokio runtime: {0}")]
     Runtime(std::io::Error),
@@ -87,7 +100,7 @@ pub struct TaskBuilder {
 
 impl Task {
     /// The task's process and check functions.
-    pub(crate) fn functions(&self) -> (ProcessFn, Option<CheckFn>) {
+    fn functions(&self) -> (ProcessFn, Option<CheckFn>) {
         (self.inner.process.clone(), self.inner.check.clone())
     }
 
@@ -218,9 +231,31 @@ impl TaskBuilder {
     }
 }
 
-pub(crate) struct ClosureProcessor {
-    pub(crate) process: ProcessFn,
-    pub(crate) check: Option<CheckFn>,
+/// The processors of these tasks' closures, found by task id, so that one
+/// factory serves a pipeline of any of its tasks (a [`Worker`](crate::Worker)
+/// learns the run's pipeline from NATS). A task of the pipeline that none
+/// of `tasks` defines fails its blocks, naming it.
+pub(crate) fn closure_factory(tasks: &[Task]) -> Arc<ProcessorFactory> {
+    let by_id: HashMap<TaskId, (ProcessFn, Option<CheckFn>)> =
+        tasks.iter().map(|t| (t.id().clone(), t.functions())).collect();
+    Arc::new(
+        move |pipeline: &Arc<Pipeline>, task: TaskIndex, _slot: u32| -> Box<dyn BlockProcessor> {
+            let id = &pipeline.task(task).spec.id;
+            match by_id.get(id) {
+                Some((process, check)) => {
+                    Box::new(ClosureProcessor { process: process.clone(), check: check.clone() })
+                }
+                None => Box::new(NoProcessor::new(format!(
+                    "this worker program defines no process function for task '{id}'"
+                ))),
+            }
+        },
+    )
+}
+
+struct ClosureProcessor {
+    process: ProcessFn,
+    check: Option<CheckFn>,
 }
 
 impl BlockProcessor for ClosureProcessor {
@@ -322,21 +357,18 @@ impl Runner {
         let tasks = with_upstream(tasks);
         let pipeline =
             Arc::new(Pipeline::new(tasks.iter().map(|t| t.inner.spec.clone()).collect())?);
-        if let Some(url) = self.nats.clone() {
-            let run_id = self.run_id.clone().unwrap_or_else(|| {
+        let factory = closure_factory(&tasks);
+        if let Some(url) = self.nats {
+            let id = self.run_id.unwrap_or_else(|| {
                 tasks.last().map(|t| t.id().to_string()).unwrap_or_else(|| "run".into())
             });
-            return crate::nats::run_over_nats(&url, &run_id, pipeline, &tasks, self.cancel).await;
+            let run = RunId::new(&id).ok_or(TaskError::InvalidRunId { id })?;
+            let options = NatsRunOptions::new(ServerChoice::Connect(ConnectOptions::new(url)), run);
+            let run = NatsRun::prepare(pipeline, options).await?;
+            return Ok(run.run(Some(factory), self.cancel).await?);
         }
-        let processors: Vec<(ProcessFn, Option<CheckFn>)> =
-            tasks.iter().map(|t| (t.inner.process.clone(), t.inner.check.clone())).collect();
-        let factory = move |task: TaskIndex, _slot: u32| -> Box<dyn BlockProcessor> {
-            let (process, check) = processors[task.get()].clone();
-            Box::new(ClosureProcessor { process, check })
-        };
-        let factory: &ProcessorFactory = &factory;
         let run = InProcessRun::prepare(pipeline, self.options)?;
-        Ok(run.run(factory, self.cancel).await?)
+        Ok(run.run(&*factory, self.cancel).await?)
     }
 }
 

@@ -1,23 +1,23 @@
 //! `daisy-scheduler`: one scheduler replica of a run over NATS JetStream.
+//!
+//! An adapter: it turns the flags into [`NatsRunOptions`] (no local
+//! workers, recorded outcomes replayed as one long run), runs the library's
+//! [`NatsRun`] in the foreground and prints the summary.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use daisy_nats::{LeaseHolder, RunSettings};
+use daisy::nats::{DEFAULT_LEASE_TTL, NatsRun, NatsRunOptions, ServerChoice};
 use daisy_proto::RunId;
-use daisy_scheduler::nats::{ReplicaError, ReplicaOptions, run_replica};
-use daisy_scheduler::{RunSnapshot, SchedulerConfig};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use daisy_scheduler::ReplayMode;
 
+use crate::commands::run::nats_run_error;
+use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
 use crate::nats_args::NatsArgs;
-use crate::progress::{Progress, ProgressMode, follow};
 use crate::summary::{RunPlaces, write_json, write_text};
 
 const AFTER_HELP: &str = "\
@@ -48,8 +48,8 @@ struct SchedulerCli {
     run_id: Option<String>,
     /// How long the leader lease lives without a renewal: a standby takes
     /// over this long after the leader died.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
-    lease_ttl: Duration,
+    #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_LEASE_TTL.into())]
+    lease_ttl: humantime::Duration,
     /// Where the embedded server's URL is looked up when --nats is not given.
     #[arg(long, value_name = "DIR", default_value = ".daisy")]
     state_dir: PathBuf,
@@ -83,63 +83,30 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
         }
     };
     let url = cli.nats.resolve_url(&cli.state_dir)?;
+    let options = NatsRunOptions {
+        spec_toml: Some(spec_toml),
+        lease_ttl: cli.lease_ttl.into(),
+        replay_mode: ReplayMode::Continue,
+        ..NatsRunOptions::new(
+            ServerChoice::Connect(cli.nats.options(url, "daisy-scheduler")),
+            run_id.clone(),
+        )
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(async {
-        let nats = cli.nats.connect(url.clone(), "daisy-scheduler").await?;
-        let holder = LeaseHolder::this_process();
-        let cancel = CancellationToken::new();
-        let run_over = CancellationToken::new();
-        let interrupts = tokio::spawn(crate::commands::run::watch_interrupts(
-            cancel.clone(),
-            run_over.clone(),
-            logs.clone(),
-        ));
-        let tasks: Vec<(String, u64)> = pipeline
-            .topological_order()
-            .iter()
-            .map(|&t| (pipeline.task(t).spec.id.to_string(), pipeline.task(t).grid.num_blocks()))
-            .collect();
-        let (snapshots, receiver) = watch::channel(RunSnapshot::default());
-        let progress = Progress::new(ProgressMode::choose(cli.no_progress), &tasks, logs.clone());
-        let stop_progress = CancellationToken::new();
-        let progress_task = tokio::spawn(follow(progress, receiver, stop_progress.clone()));
-        info!(run = %run_id, url = %url, replica = %holder.id, "scheduler replica started");
-        let result = loop {
-            let forward = snapshots.clone();
-            let options = ReplicaOptions {
-                run: run_id.clone(),
-                spec_toml: spec_toml.clone(),
-                pipeline: pipeline.clone(),
-                settings: RunSettings { lease_ttl: cli.lease_ttl, ..RunSettings::default() },
-                holder: holder.clone(),
-                scheduler: SchedulerConfig::default(),
-                replay_mode: daisy_scheduler::ReplayMode::Continue,
-                on_leading: Some(daisy_scheduler::nats::forward_snapshots(forward)),
-            };
-            match run_replica(nats.clone(), options, cancel.clone()).await {
-                Ok(report) => break Ok(report),
-                Err(ReplicaError::LeaseLost { .. }) => warn!("lost the lease; standing by again"),
-                Err(err @ ReplicaError::LayoutChanged { .. }) => {
-                    break Err(anyhow::Error::new(BadInput(err.to_string())));
-                }
-                Err(err) => break Err(anyhow::Error::new(err)),
-            }
-        };
-        run_over.cancel();
-        stop_progress.cancel();
-        let mut progress = progress_task.await.context("the progress display panicked")?;
-        let _ = interrupts.await;
-        let report = result?;
-        progress.finish(&report);
-        anyhow::Ok(report)
+    let (report, record) = runtime.block_on(async {
+        let replica = NatsRun::prepare(pipeline.clone(), options).await.map_err(nats_run_error)?;
+        let record = PathBuf::from(replica.record_place());
+        let snapshots = replica.subscribe();
+        let report =
+            run_in_foreground(&pipeline, snapshots, cli.no_progress, &logs, |cancel| async {
+                replica.run(None, cancel).await.map_err(nats_run_error)
+            })
+            .await?;
+        anyhow::Ok((report, record))
     })?;
-    let record = PathBuf::from(format!(
-        "event stream {} on {url}",
-        daisy_proto::subjects::event_stream(&run_id)
-    ));
     let places = RunPlaces {
         run_id: run_id.as_str(),
         journal: &record,

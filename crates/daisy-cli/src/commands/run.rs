@@ -2,22 +2,20 @@
 //! resumable journal, Daisy's summary and honest exit codes.
 //!
 //! # Ownership
-//! This module owns what every way of running shares: the arguments, the
-//! places (run id, journal, logs), the processes of the pipeline file,
-//! Ctrl-C, progress and the summary. A mode ([`Mode`]) owns the transport:
-//! today only [`in_process`] (bounded channels, a journal file); the
-//! NATS-embedded mode goes beside it and reuses everything here.
+//! This module is an adapter: it turns the arguments into the places (run
+//! id, journal, logs) and the options of a library run, either
+//! [`InProcessRun`] (`--in-process`: bounded channels, a journal file) or
+//! [`NatsRun`] (an embedded nats-server, or `--nats URL`), runs it in the
+//! foreground ([`crate::foreground`]: progress, Ctrl-C) and prints the
+//! summary. What a run does is the library's.
 //!
 //! # Ctrl-C
 //! The first SIGINT (or SIGTERM, as sent by batch systems) cancels the run:
-//! no new block starts, blocks in flight finish (the journal records every
-//! outcome as it arrives, so nothing needs flushing), the summary is printed
-//! with unfinished tasks marked `…` and the exit code is 1; the same command
+//! no new block starts, blocks in flight finish (every outcome is recorded
+//! as it arrives, so nothing needs flushing), the summary is printed with
+//! unfinished tasks marked `…` and the exit code is 1; the same command
 //! resumes. A second signal kills the processes of blocks in flight (their
 //! whole process groups) and exits at once with code 130.
-
-mod in_process;
-mod nats;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,17 +24,20 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use daisy::in_process::{InProcessRun, RunError, RunOptions};
+use daisy::journal::JournalError;
+use daisy::nats::embedded::EmbeddedServerError;
+use daisy::nats::{NatsRun, NatsRunError, NatsRunOptions, ServerChoice};
 use daisy_core::Pipeline;
+use daisy_nats::ConnectOptions;
 use daisy_proto::RunId;
-use daisy_scheduler::RunReport;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
+use daisy_scheduler::nats::ReplicaError;
+use daisy_scheduler::{RunReport, RunSnapshot, SchedulerConfig};
+use daisy_worker::factory::{ChildEnvironment, check_processes, pipeline_processors};
+use tokio::sync::watch;
 
+use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
-use crate::processes::{
-    ChildEnvironment, TaskProcesses, install_python_helper, python_path, task_processes,
-};
-use crate::progress::{Progress, ProgressMode, follow};
 use crate::summary::{RunPlaces, write_json, write_text};
 use crate::telemetry::LogOutput;
 
@@ -114,85 +115,151 @@ pub struct RunArgs {
     json: bool,
 }
 
-/// How the blocks are run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Scheduler and workers in this process, a journal file for resume.
-    InProcess,
-    /// Scheduler replica and local workers over NATS JetStream (an embedded
-    /// server unless a URL was given).
-    Nats,
-}
-
-impl RunArgs {
-    fn mode(&self) -> Mode {
-        if self.in_process { Mode::InProcess } else { Mode::Nats }
-    }
-}
-
 /// A run ready to start, in either mode (one value per run: its size does
 /// not matter).
 #[allow(clippy::large_enum_variant)]
 enum Prepared {
-    InProcess(in_process::Prepared),
-    Nats(nats::Prepared),
+    InProcess(InProcessRun),
+    Nats(NatsRun),
 }
 
 impl Prepared {
+    /// Opens the journal, or starts the embedded server (unless given a
+    /// URL) and connects: a locked run or a changed layout is refused here,
+    /// before anything starts.
+    async fn new(args: &RunArgs, context: &RunContext) -> anyhow::Result<Self> {
+        if args.in_process {
+            let options = RunOptions {
+                run_dir: Some(context.run_dir.clone()),
+                fresh: context.fresh,
+                scheduler: SchedulerConfig::default(),
+            };
+            let run = InProcessRun::prepare(context.pipeline.clone(), options)
+                .map_err(in_process_error)?;
+            return Ok(Prepared::InProcess(run));
+        }
+        let server = match &args.nats {
+            Some(url) => ServerChoice::Connect(ConnectOptions {
+                name: Some("daisy run".into()),
+                ..ConnectOptions::new(url.clone())
+            }),
+            None => ServerChoice::Embedded {
+                state_dir: absolute(&args.state_dir, "--state-dir")?,
+                connection_name: Some("daisy run".into()),
+            },
+        };
+        let spec_toml = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?;
+        let options = NatsRunOptions {
+            spec_toml: Some(spec_toml),
+            fresh: context.fresh,
+            ..NatsRunOptions::new(server, context.run_id.clone())
+        };
+        let run =
+            NatsRun::prepare(context.pipeline.clone(), options).await.map_err(nats_run_error)?;
+        Ok(Prepared::Nats(run))
+    }
+
+    /// How the start line names the mode.
+    fn mode_name(&self, args: &RunArgs) -> &'static str {
+        match self {
+            Prepared::InProcess(_) => "in-process",
+            Prepared::Nats(_) if args.nats.is_some() => "NATS",
+            Prepared::Nats(_) => "embedded NATS",
+        }
+    }
+
     /// What the start line says about earlier sessions.
     fn history(&self, fresh: bool) -> String {
         if fresh {
             return "started fresh".to_owned();
         }
         match self {
-            Prepared::InProcess(prepared) => match prepared.resumed_blocks() {
+            Prepared::InProcess(run) => match run.resumed_blocks() {
                 0 => "new run".to_owned(),
                 resumed => {
                     format!("resuming: {resumed} blocks done in an earlier session are skipped")
                 }
             },
-            Prepared::Nats(prepared) if prepared.existed() => {
+            Prepared::Nats(run) if run.existed() => {
                 "resuming: blocks its event stream records as done are skipped".to_owned()
             }
             Prepared::Nats(_) => "new run".to_owned(),
         }
     }
 
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<daisy_scheduler::RunSnapshot> {
+    fn subscribe(&self) -> watch::Receiver<RunSnapshot> {
         match self {
-            Prepared::InProcess(prepared) => prepared.subscribe(),
-            Prepared::Nats(prepared) => prepared.subscribe(),
+            Prepared::InProcess(run) => run.subscribe(),
+            Prepared::Nats(run) => run.subscribe(),
         }
     }
 
+    /// Where the run's record lives, for the start line and the summary.
     fn record_place(&self, context: &RunContext) -> PathBuf {
         match self {
             Prepared::InProcess(_) => context.journal_shown.clone(),
-            Prepared::Nats(prepared) => prepared.record_place(context),
+            Prepared::Nats(run) => PathBuf::from(run.record_place()),
         }
     }
 
+    /// Runs every block with the pipeline file's processes until done or
+    /// cancelled.
     async fn run(
         self,
         context: &RunContext,
-        args: &RunArgs,
-        cancel: CancellationToken,
+        cancel: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<RunReport> {
+        let factory = pipeline_processors(context.children.clone());
         match self {
-            Prepared::InProcess(prepared) => prepared.run(context, cancel).await,
-            Prepared::Nats(prepared) => {
-                let spec = std::fs::read_to_string(&args.file)
-                    .with_context(|| format!("reading {}", args.file.display()))?;
-                prepared.run(context, spec, cancel).await
-            }
+            Prepared::InProcess(run) => Ok(run.run(&*factory, cancel).await?),
+            Prepared::Nats(run) => run.run(Some(factory), cancel).await.map_err(nats_run_error),
         }
     }
 }
 
-/// Everything a mode needs to run a pipeline file.
+/// An in-process run's error, as bad input (exit code 2) where the user
+/// can fix it.
+fn in_process_error(err: RunError) -> anyhow::Error {
+    match err {
+        RunError::Journal(
+            err @ (JournalError::Locked { .. } | JournalError::LayoutChanged { .. }),
+        ) => anyhow::Error::new(BadInput(err.to_string())),
+        RunError::Journal(err @ JournalError::Io { .. }) => anyhow::Error::new(BadInput(format!(
+            "{err}; check that --state-dir is a writable directory"
+        ))),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// A NATS run's error in the words of the flags, as bad input (exit code
+/// 2) where the user can fix it: a state dir in use or not writable, a
+/// changed layout.
+pub(crate) fn nats_run_error(err: NatsRunError) -> anyhow::Error {
+    match err {
+        NatsRunError::EmbeddedServer(EmbeddedServerError::InUse { dir }) => {
+            anyhow::Error::new(BadInput(format!(
+                "the embedded NATS server in {} is in use by another daisy run; wait for it to \
+                 finish, or give this run another --state-dir",
+                dir.display()
+            )))
+        }
+        NatsRunError::EmbeddedServer(
+            err @ (EmbeddedServerError::CreateDir { .. } | EmbeddedServerError::Lock { .. }),
+        ) => anyhow::Error::new(BadInput(format!("{:#}", anyhow::Error::new(err)))),
+        NatsRunError::DeleteRun { run, source } => anyhow::Error::new(source)
+            .context(format!("deleting the recorded run '{run}' (--fresh)")),
+        NatsRunError::Replica(err @ ReplicaError::LayoutChanged { .. }) => {
+            anyhow::Error::new(BadInput(err.to_string()))
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Everything a run needs from the arguments.
 pub(crate) struct RunContext {
     pub pipeline: Arc<Pipeline>,
-    pub processes: Vec<TaskProcesses>,
+    /// Where the pipeline's processes start, log and find the Python helper.
     pub children: ChildEnvironment,
     pub run_id: RunId,
     /// `<state-dir>/<run-id>`, absolute.
@@ -224,27 +291,25 @@ fn context(args: &RunArgs) -> anyhow::Result<RunContext> {
             RunId::sanitized(&stem)
         }
     };
-    let processes = task_processes(&pipeline, &args.file, &pipeline_dir)?;
+    check_processes(&pipeline, &pipeline_dir).map_err(|err| {
+        BadInput(format!("{}: {:#}", args.file.display(), anyhow::Error::new(err)))
+    })?;
     let state_dir = absolute(&args.state_dir, "--state-dir")?;
     let log_dir = absolute(&args.log_dir, "--log-dir")?;
-    let helper_dir = install_python_helper(&state_dir).map_err(|err| {
-        BadInput(format!(
-            "cannot write the Python helper into --state-dir {}: {err}; give a writable \
-             directory with --state-dir",
-            args.state_dir.display()
-        ))
-    })?;
-    let children = ChildEnvironment {
-        log_dir,
-        current_dir: pipeline_dir,
-        env: vec![("PYTHONPATH".to_owned(), python_path(&helper_dir))],
-    };
+    let children = ChildEnvironment::new(log_dir, pipeline_dir)
+        .with_python_helper(&state_dir)
+        .map_err(|err| {
+            BadInput(format!(
+                "cannot write the Python helper into --state-dir {}: {err}; give a writable \
+                     directory with --state-dir",
+                args.state_dir.display()
+            ))
+        })?;
     Ok(RunContext {
         run_dir: state_dir.join(run_id.as_str()),
         journal_shown: args.state_dir.join(run_id.as_str()).join(daisy::journal::JOURNAL_FILE),
         log_dir_shown: args.log_dir.clone(),
         pipeline,
-        processes,
         children,
         run_id,
         fresh: args.fresh,
@@ -280,104 +345,22 @@ async fn run_async(
     context: &RunContext,
     logs: LogOutput,
 ) -> anyhow::Result<(RunReport, PathBuf)> {
-    let state_dir = absolute(&args.state_dir, "--state-dir")?;
-    let prepared = match args.mode() {
-        Mode::InProcess => Prepared::InProcess(in_process::prepare(context)?),
-        Mode::Nats => Prepared::Nats(nats::prepare(context, args.nats.clone(), &state_dir).await?),
-    };
+    let prepared = Prepared::new(args, context).await?;
     let record = prepared.record_place(context);
-    let mode_name = match args.mode() {
-        Mode::InProcess => "in-process",
-        Mode::Nats if args.nats.is_some() => "NATS",
-        Mode::Nats => "embedded NATS",
-    };
-    let history = prepared.history(args.fresh);
     logs.note(&format!(
-        "daisy: run '{}' ({}, {} blocks): record {}, {history}; worker logs in {}",
+        "daisy: run '{}' ({}, {} blocks): record {}, {}; worker logs in {}",
         context.run_id,
-        mode_name,
+        prepared.mode_name(args),
         context.pipeline.num_blocks(),
         record.display(),
+        prepared.history(args.fresh),
         context.log_dir_shown.display(),
     ));
-
-    let tasks: Vec<(String, u64)> = context
-        .pipeline
-        .topological_order()
-        .iter()
-        .map(|&task| {
-            let task = context.pipeline.task(task);
-            (task.spec.id.to_string(), task.grid.num_blocks())
+    let snapshots = prepared.subscribe();
+    let report =
+        run_in_foreground(&context.pipeline, snapshots, args.no_progress, &logs, |cancel| {
+            prepared.run(context, cancel)
         })
-        .collect();
-    let progress = Progress::new(ProgressMode::choose(args.no_progress), &tasks, logs.clone());
-    let stop_progress = CancellationToken::new();
-    let progress_task = tokio::spawn(follow(progress, prepared.subscribe(), stop_progress.clone()));
-
-    let cancel = CancellationToken::new();
-    let run_over = CancellationToken::new();
-    let interrupts = tokio::spawn(watch_interrupts(cancel.clone(), run_over.clone(), logs.clone()));
-
-    let last_snapshot = prepared.subscribe();
-    let result = prepared.run(context, args, cancel).await;
-    run_over.cancel();
-    stop_progress.cancel();
-    let mut progress = progress_task.await.context("the progress display panicked")?;
-    interrupts.await.context("the signal handler panicked")?;
-    match result {
-        Ok(report) => {
-            progress.finish(&report);
-            Ok((report, record))
-        }
-        Err(err) => {
-            // Leave the bars at the last state seen, then report the error.
-            progress.finish(&last_snapshot.borrow().clone());
-            Err(err)
-        }
-    }
-}
-
-/// Cancels the run at the first SIGINT/SIGTERM and exits at the second.
-pub(crate) async fn watch_interrupts(
-    cancel: CancellationToken,
-    run_over: CancellationToken,
-    logs: LogOutput,
-) {
-    let (Ok(mut interrupt), Ok(mut terminate)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        tracing::warn!("cannot install the Ctrl-C handler; Ctrl-C ends the run at once");
-        return;
-    };
-    tokio::select! {
-        biased;
-        () = run_over.cancelled() => return,
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
-    }
-    logs.note(
-        "daisy: interrupted: no new blocks start; waiting for the blocks in flight (Ctrl-C again \
-         to quit at once)",
-    );
-    cancel.cancel();
-    tokio::select! {
-        biased;
-        () = run_over.cancelled() => {}
-        _ = interrupt.recv() => quit_at_once(&logs),
-        _ = terminate.recv() => quit_at_once(&logs),
-    }
-}
-
-/// Exits now. Our user processes and the embedded nats-server run in
-/// process groups of their own (so that the first Ctrl-C lets blocks in
-/// flight finish), out of reach of the terminal's signal: they are killed
-/// here, or they would run on as orphans still writing data.
-fn quit_at_once(logs: &LogOutput) -> ! {
-    daisy_worker::process::kill_all_children();
-    nats::kill_embedded_server();
-    logs.note(
-        "daisy: interrupted again: quitting now; blocks in flight are not recorded and run again \
-         next time",
-    );
-    std::process::exit(130)
+        .await?;
+    Ok((report, record))
 }

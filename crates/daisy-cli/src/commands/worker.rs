@@ -2,21 +2,18 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use daisy_core::{Pipeline, TaskIndex};
 use daisy_proto::RunId;
-use daisy_worker::nats::{NatsProcessorFactory, NatsWorkerOptions, run_nats_worker};
-use daisy_worker::runner::BlockProcessor;
+use daisy_worker::factory::{ChildEnvironment, pipeline_processors};
+use daisy_worker::nats::{NatsWorkerOptions, run_nats_worker};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::input::BadInput;
 use crate::nats_args::NatsArgs;
-use crate::processes::{ChildEnvironment, install_python_helper, python_path, task_processes};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -84,14 +81,10 @@ fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         std::path::absolute(&cli.log_dir).map_err(|err| BadInput(format!("--log-dir: {err}")))?;
     let state_dir = std::path::absolute(&cli.state_dir)
         .map_err(|err| BadInput(format!("--state-dir: {err}")))?;
-    let helper_dir = install_python_helper(&state_dir).map_err(|err| {
-        BadInput(format!("cannot write the Python helper into {}: {err}", state_dir.display()))
-    })?;
-    let children = ChildEnvironment {
-        log_dir,
-        current_dir: workdir.clone(),
-        env: vec![("PYTHONPATH".to_owned(), python_path(&helper_dir))],
-    };
+    let children =
+        ChildEnvironment::new(log_dir, workdir).with_python_helper(&state_dir).map_err(|err| {
+            BadInput(format!("cannot write the Python helper into {}: {err}", state_dir.display()))
+        })?;
     let slots = cli
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
@@ -105,19 +98,7 @@ fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         let signals = tokio::spawn(stop_on_signal(cancel.clone()));
         loop {
             let Some(run) = choose_run(&nats, cli.run.as_deref(), &cancel).await? else { break };
-            let workdir = workdir.clone();
-            let children = children.clone();
-            let factory: Arc<NatsProcessorFactory> = Arc::new(
-                move |pipeline: &Arc<Pipeline>,
-                      task: TaskIndex,
-                      slot: u32|
-                      -> Box<dyn BlockProcessor> {
-                    let processes =
-                        task_processes(pipeline, std::path::Path::new("<run spec>"), &workdir)
-                            .expect("a validated pipeline has a process for every task");
-                    Box::new(processes[task.get()].processor(slot, &children))
-                },
-            );
+            let factory = pipeline_processors(children.clone());
             let options = NatsWorkerOptions {
                 tasks: cli.tasks.clone(),
                 ..NatsWorkerOptions::new(run.clone(), slots)
