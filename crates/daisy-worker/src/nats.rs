@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use daisy_core::{Pipeline, TaskIndex, parse_pipeline};
+use daisy_core::{TaskIndex, parse_pipeline};
 use daisy_nats::{BlockAcker, BlockConsumer, ConsumerSettings, Nats, RunStreams, WorkerInfo};
 use daisy_proto::subjects::{EventScope, MsgId};
 use daisy_proto::{Dispatch, Event, OutcomeReport, RunId, WorkerId};
@@ -48,13 +48,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::runner::{
-    BlockProcessor, HEARTBEAT_INTERVAL, WorkerSlot, WorkerTransport, WorkerTransportError,
-};
+use crate::runner::{HEARTBEAT_INTERVAL, WorkerSlot, WorkerTransport, WorkerTransportError};
 
-/// Builds the processor of one slot: `(pipeline, task, slot)`.
-pub type NatsProcessorFactory =
-    dyn Fn(&Arc<Pipeline>, TaskIndex, u32) -> Box<dyn BlockProcessor> + Send + Sync;
+/// Builds the processor of one slot (the one factory type of both runtimes).
+pub use crate::factory::ProcessorFactory as NatsProcessorFactory;
 
 /// How a NATS worker runs.
 #[derive(Debug, Clone)]
