@@ -209,6 +209,7 @@ pub async fn run_nats_worker(
                 finished: finished.clone(),
                 current: None,
                 heartbeat,
+                ack_wait,
             };
             let worker = WorkerSlot {
                 pipeline: pipeline.clone(),
@@ -393,6 +394,10 @@ struct CurrentBatch {
     sequence: u64,
     /// Which delivery of it this is.
     delivery: u64,
+    /// Until when the delivery is surely this worker's: the last confirmed heartbeat (or the
+    /// fetch) plus AckWait, less a margin. After it, JetStream may have handed the batch to
+    /// another worker.
+    held_until: tokio::time::Instant,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -406,23 +411,37 @@ struct NatsWorkerTransport {
     finished: Arc<AtomicBool>,
     current: Option<CurrentBatch>,
     heartbeat: Duration,
+    /// The consumer's AckWait.
+    ack_wait: Duration,
 }
 
 impl NatsWorkerTransport {
+    /// How long a delivery is surely held from a confirmed fetch or heartbeat at `now`.
+    fn held_from(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        now + self.ack_wait - self.ack_wait / 5
+    }
+
     /// Drops from a redelivered dispatch the blocks whose outcome an earlier delivery
     /// recorded (or handed back): their effect happened, or the scheduler dispatched them
     /// again. Returns `None` if the record cannot be read now (the batch is then left to be
     /// redelivered, not run blind).
-    async fn filter_recorded(&self, mut dispatch: Dispatch, sequence: u64) -> Option<Dispatch> {
+    async fn filter_recorded(
+        &self,
+        mut dispatch: Dispatch,
+        sequence: u64,
+        delivery: u64,
+        acker: &BlockAcker,
+    ) -> Option<Dispatch> {
         let mut delay = Duration::from_millis(100);
         let mut tries = 0;
         let recorded = loop {
             match self.streams.recorded_outcomes(&self.task_id, sequence).await {
                 Ok(recorded) => break recorded,
                 Err(err) if tries < 5 => {
-                    debug!(task = %self.task_id, sequence, error = %err, "could not read the record of a redelivered batch, retrying");
+                    debug!(task = %self.task_id, sequence, error = %err, "could not read the record of a batch, retrying");
                     tries += 1;
-                    tokio::time::sleep(delay).await;
+                    let _ = acker.progress().await;
+                    tokio::time::sleep(delay.min(self.heartbeat)).await;
                     delay *= 2;
                 }
                 Err(err) => {
@@ -443,7 +462,9 @@ impl NatsWorkerTransport {
             .collect();
         let before = dispatch.blocks.len();
         dispatch.blocks.retain(|block| !done.contains(&block.index));
-        info!(task = %self.task_id, sequence, recorded = before - dispatch.blocks.len(), to_run = dispatch.blocks.len(), "redelivered batch filtered against the record");
+        if delivery > 1 || dispatch.blocks.len() < before {
+            info!(task = %self.task_id, sequence, recorded = before - dispatch.blocks.len(), to_run = dispatch.blocks.len(), "redelivered batch filtered against the record");
+        }
         Some(dispatch)
     }
 
@@ -452,8 +473,9 @@ impl NatsWorkerTransport {
         &self,
         event: &Event,
         headers: Option<daisy_nats::HeaderMap>,
-        sequence: u64,
+        current: &CurrentBatch,
     ) -> bool {
+        let sequence = current.sequence;
         let msg_id = MsgId::for_event(&self.run, event);
         let scope = if sequence > 0 {
             EventScope::Batch(&self.task_id, sequence)
@@ -467,7 +489,13 @@ impl NatsWorkerTransport {
                 Ok(_) => return true,
                 Err(err) if tokio::time::Instant::now() < deadline && !err.is_too_large() => {
                     warn!(task = %self.task_id, error = %err, "recording outcomes failed, retrying");
+                    // Keep the delivery: a worker that lost it must not record.
+                    let _ = current.acker.progress().await;
                     tokio::time::sleep(delay).await;
+                    if tokio::time::Instant::now() >= current.held_until {
+                        warn!(task = %self.task_id, sequence, "the batch's delivery lapsed while recording: the rest is not recorded");
+                        return false;
+                    }
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(err) => {
@@ -494,6 +522,8 @@ fn split_report(report: OutcomeReport, max_bytes: usize) -> Vec<OutcomeReport> {
         let mut first = report;
         second.results = first.results.split_off(first.results.len() / 2);
         first.returned = Vec::new();
+        // Counted once, with the first part.
+        second.worker_restarts = 0;
         // Popped last-in-first-out: keep the order of the results.
         pending.push(second);
         pending.push(first);
@@ -541,21 +571,32 @@ impl WorkerTransport for NatsWorkerTransport {
             };
             backoff = Duration::ZERO;
             match message.dispatch {
+                Ok(dispatch) if dispatch.task != self.task_id.as_str() => {
+                    // Only a forged message can name another task on this task's subject.
+                    warn!(task = %self.task_id, named = %dispatch.task, sequence = message.stream_sequence, "dispatch naming another task terminated");
+                    let _ = message.acker.term().await;
+                    let _ = self.streams.delete_block_message(message.stream_sequence).await;
+                }
                 Ok(mut dispatch) => {
                     let sequence = message.stream_sequence;
+                    let fetched_at = tokio::time::Instant::now();
                     if message.delivered > 1 {
                         warn!(task = %self.task_id, delivery = message.delivered, blocks = dispatch.blocks.len(), "batch redelivered: its last worker vanished");
-                        let Some(rest) = self.filter_recorded(dispatch, sequence).await else {
-                            continue;
-                        };
-                        if rest.blocks.is_empty() {
-                            if let Err(err) = message.acker.ack().await {
-                                debug!(task = %self.task_id, error = %err, "could not ack a recorded batch");
-                            }
-                            continue;
-                        }
-                        dispatch = rest;
                     }
+                    // Every delivery, not only redeliveries: a server killed hard may count
+                    // a redelivery as the first.
+                    let Some(rest) =
+                        self.filter_recorded(dispatch, sequence, message.delivered, &message.acker).await
+                    else {
+                        continue;
+                    };
+                    if rest.blocks.is_empty() {
+                        if let Err(err) = message.acker.ack().await {
+                            debug!(task = %self.task_id, error = %err, "could not ack a recorded batch");
+                        }
+                        continue;
+                    }
+                    dispatch = rest;
                     let traceparent = daisy_nats::trace::traceparent_of(message.headers.as_ref());
                     debug!(task = %self.task_id, blocks = dispatch.blocks.len(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
                     self.current = Some(CurrentBatch {
@@ -563,6 +604,7 @@ impl WorkerTransport for NatsWorkerTransport {
                         acker: message.acker,
                         sequence,
                         delivery: message.delivered,
+                        held_until: self.held_from(fetched_at),
                         _permit: permit,
                     });
                     return Some(dispatch);
@@ -581,6 +623,12 @@ impl WorkerTransport for NatsWorkerTransport {
     /// way and never nak'ed (a nak would charge a delivery for a graceful stop).
     async fn report(&mut self, mut report: OutcomeReport) -> Result<(), WorkerTransportError> {
         let Some(current) = self.current.take() else { return Ok(()) };
+        if tokio::time::Instant::now() >= current.held_until {
+            // Another worker may be running these blocks now: recording them (or handing
+            // some back) could let the leader move on while that worker still runs them.
+            warn!(task = %self.task_id, sequence = current.sequence, "the batch's delivery lapsed: its outcomes are not recorded, the batch is redelivered");
+            return Ok(());
+        }
         report.dispatch_sequence = current.sequence;
         report.delivery = current.delivery;
         let headers = current.traceparent.as_deref().map(|parent| {
@@ -589,7 +637,8 @@ impl WorkerTransport for NatsWorkerTransport {
         // Room for the headers and the subject.
         let max_bytes = self.nats.max_payload().saturating_sub(4096).max(1024);
         for part in split_report(report, max_bytes) {
-            if !self.record(&Event::Outcomes(part), headers.clone(), current.sequence).await {
+            let event = Event::Outcomes(part);
+            if !self.record(&event, headers.clone(), &current).await {
                 // Not acked: the batch is redelivered, and what was recorded is filtered out.
                 return Ok(());
             }
@@ -603,11 +652,19 @@ impl WorkerTransport for NatsWorkerTransport {
     }
 
     async fn heartbeat(&mut self) {
-        if let Some(current) = &self.current
-            && let Err(err) = current.acker.progress().await
-        {
-            debug!(task = %self.task_id, error = %err, "heartbeat failed");
+        let now = tokio::time::Instant::now();
+        let held_from = self.held_from(now);
+        if let Some(current) = &mut self.current {
+            match current.acker.progress().await {
+                // Confirmed by the server: the delivery is ours for another AckWait.
+                Ok(()) => current.held_until = current.held_until.max(held_from),
+                Err(err) => debug!(task = %self.task_id, error = %err, "heartbeat failed"),
+            }
         }
+    }
+
+    fn still_held(&self) -> bool {
+        self.current.as_ref().is_none_or(|current| tokio::time::Instant::now() < current.held_until)
     }
 
     fn heartbeat_interval(&self) -> Duration {
@@ -638,6 +695,7 @@ mod tests {
             task: "t".into(),
             results: (0..1024).map(|index| failed(index, 8 * 1024)).collect(),
             returned: vec![2000, 2001],
+            worker_restarts: 3,
             dispatch_sequence: 9,
             delivery: 1,
             ..OutcomeReport::default()
@@ -654,6 +712,8 @@ mod tests {
         assert_eq!(indices, (0..1024).collect::<Vec<_>>(), "every result once, in order");
         let returned: Vec<u64> = parts.iter().flat_map(|p| p.returned.clone()).collect();
         assert_eq!(returned, vec![2000, 2001], "handed back once");
+        let restarts: u32 = parts.iter().map(|p| p.worker_restarts).sum();
+        assert_eq!(restarts, 3, "restarts counted once");
         let ids: HashSet<String> = parts
             .iter()
             .map(|p| {

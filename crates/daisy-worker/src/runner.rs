@@ -205,6 +205,13 @@ pub trait WorkerTransport: Send {
     fn heartbeat_interval(&self) -> Duration {
         HEARTBEAT_INTERVAL
     }
+
+    /// Whether the current batch is still this slot's: a durable transport may hand a batch
+    /// whose heartbeats lapsed (the process was paused, the server unreachable) to another
+    /// worker. The slot then starts no further block of it.
+    fn still_held(&self) -> bool {
+        true
+    }
 }
 
 /// How often a slot heartbeats while a batch runs.
@@ -285,7 +292,13 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                         }
                     },
                     () = cancel.cancelled(), if !stop.load(Ordering::Relaxed) => stop.store(true, Ordering::Relaxed),
-                    _ = heartbeat.tick() => transport.heartbeat().await,
+                    _ = heartbeat.tick() => {
+                        transport.heartbeat().await;
+                        if !transport.still_held() && !stop.load(Ordering::Relaxed) {
+                            warn!(task = %task_id, "the batch may be another worker's now: starting no further block of it");
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
                 }
             };
             let restarts = returned.restarts();
@@ -333,7 +346,7 @@ fn run_batch<P: BlockProcessor>(
         let seconds = started.elapsed().as_secs_f32();
         let (outcome, error) = match outcome {
             Ok(outcome) => (outcome, None),
-            Err(err) => (OutcomeKind::Failed { kind: err.kind }, Some(err.message)),
+            Err(err) => (OutcomeKind::Failed { kind: err.kind }, Some(error_tail(err.message))),
         };
         results.push(BlockResult {
             index: block.index.0,
@@ -378,6 +391,22 @@ fn run_block<P: BlockProcessor>(
             Err(ProcessError { kind: FailureKind::Panicked, message: panic_message(&panic) })
         }
     }
+}
+
+/// The most bytes of an error text a result carries: its tail, where a traceback ends.
+pub const MAX_ERROR_BYTES: usize = 8 * 1024;
+
+/// The last [`MAX_ERROR_BYTES`] of an error text (cut at a character boundary).
+fn error_tail(mut message: String) -> String {
+    if message.len() <= MAX_ERROR_BYTES {
+        return message;
+    }
+    let mut start = message.len() - MAX_ERROR_BYTES;
+    while !message.is_char_boundary(start) {
+        start += 1;
+    }
+    message.replace_range(..start, "…");
+    message
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
