@@ -124,6 +124,19 @@ pub struct RecordedOutcomesError {
 }
 
 impl RunStreams {
+    /// The sequence of the last event recorded so far (0 for none).
+    ///
+    /// # Errors
+    /// [`ReplayError::Info`] if the stream state cannot be read.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run), err(level = "debug"))]
+    pub async fn event_stream_last_sequence(&self) -> Result<u64, ReplayError> {
+        let info = self.events.get_info().await.map_err(|source| ReplayError::Info {
+            stream: daisy_proto::subjects::event_stream(&self.run),
+            source,
+        })?;
+        Ok(info.state.last_sequence)
+    }
+
     /// Every outcome report recorded for the dispatch message at `dispatch_sequence` of
     /// `task` (all deliveries and parts), read by subject from the stream leader: what a
     /// worker handed a redelivery must not run again. Undecodable events are skipped.

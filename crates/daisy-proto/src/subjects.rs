@@ -25,7 +25,7 @@
 //! | dead-letter consumer | `daisy-v1-dlq` |
 //! | KV buckets | `DAISY_<run>_META`, `DAISY_<run>_LEASE`, `DAISY_<run>_WORKERS` |
 //! | KV keys | `spec`, `status` (meta); `leader` (lease); `<worker id>` (workers) |
-//! | `Nats-Msg-Id` of a dispatch | `<run>/<task>/<index>/<attempt>/dispatch[/<leader epoch>]` |
+//! | `Nats-Msg-Id` of a dispatch | `<run>/<task>/dispatch/<leader epoch>/<leader's dispatch number>` |
 //! | `Nats-Msg-Id` of an event | see [`MsgId::for_event`] |
 //!
 //! # Invariants
@@ -251,6 +251,14 @@ impl MsgId {
         MsgId(format!("{run}/{task}/{index}/{attempt}/dispatch/{epoch}"))
     }
 
+    /// The id of the `number`th dispatch of the leader of `epoch`:
+    /// `<run>/<task>/dispatch/<epoch>/<number>`. Unique per dispatch, so a block handed back
+    /// and dispatched again at the same attempt is never dropped as a duplicate; only a
+    /// retried publish of the same dispatch reuses it.
+    pub fn dispatch_numbered(run: &RunId, task: &TaskId, epoch: u64, number: u64) -> MsgId {
+        MsgId(format!("{run}/{task}/dispatch/{epoch}/{number}"))
+    }
+
     /// The id of an event, derived from its content so that a retried publish of the same
     /// event gets the same id:
     /// * `RunStarted`: `<run>/run/started/<epoch>/<unix_ms>`;
@@ -463,5 +471,6 @@ mod tests {
         let cancel = Event::CancelRequested { unix_ms: 8 };
         assert_eq!(MsgId::for_event(&run, &cancel).as_str(), "r/run/cancel/8");
         assert_eq!(MsgId::dispatch_of_epoch(&run, &task, 3, 1, 9).as_str(), "r/t/3/1/dispatch/9");
+        assert_eq!(MsgId::dispatch_numbered(&run, &task, 9, 4).as_str(), "r/t/dispatch/9/4");
     }
 }

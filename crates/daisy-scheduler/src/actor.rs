@@ -329,7 +329,11 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             let mut returned = 0;
             for block in &batch.blocks {
                 let key = BlockKey { task: batch.task, index: BlockIndex(block.index) };
-                if self.core.attempt(key) == block.attempt && self.core.return_unstarted(key) {
+                // A block another batch in flight holds is that batch's to report.
+                let held_elsewhere = self.batches.values().any(|other| {
+                    other.task == batch.task && other.blocks.iter().any(|b| b.index == block.index)
+                });
+                if !held_elsewhere && self.core.return_unstarted(key) {
                     returned += 1;
                 }
             }
@@ -412,12 +416,15 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 debug!(task = %report.task, index = result.index, attempt = result.attempt, "result of a block no longer in its batch dropped");
                 continue;
             }
-            let outcome = self.note_outcome(task, &report, key, result);
+            let outcome = outcome_of(result.outcome);
             let released = if batch_known {
                 self.core.release(key, outcome)
             } else {
                 self.core.release_attempt(key, result.attempt, outcome)
             };
+            if released.is_ok() {
+                self.note_outcome(task, &report, key, result);
+            }
             match released {
                 Ok(Released::Failed { orphaned }) => {
                     let block_id = grid.block_id(&grid.grid_index(key.index));
@@ -464,44 +471,34 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         }
     }
 
-    /// Counts a result in the task's report (batch sizing, failures, the first error) and
-    /// returns what it means to the core.
+    /// Counts an applied result in the task's report (batch sizing, failures, the first
+    /// error).
     fn note_outcome(
         &mut self,
         task: TaskIndex,
         report: &OutcomeReport,
         key: BlockKey,
         result: &daisy_proto::BlockResult,
-    ) -> Outcome {
+    ) {
         let grid = &self.pipeline.task(task).grid;
         let runtime = &mut self.tasks[task.get()];
         runtime.sizer.observe(f64::from(result.seconds));
-        match result.outcome {
-            OutcomeKind::Success => Outcome::Success,
-            OutcomeKind::Skipped => Outcome::Skipped,
-            OutcomeKind::Failed { kind } => {
-                runtime.report.failed_attempts += 1;
-                if kind == FailureKind::Timeout {
-                    runtime.report.timeouts += 1;
-                }
-                let block_id = grid.block_id(&grid.grid_index(key.index));
-                let message = result.error.clone().unwrap_or_default();
-                warn!(task = %report.task, %block_id, attempt = result.attempt, %kind, worker = %report.worker, error = %first_line(&message), "block attempt failed");
-                if runtime.report.first_error.is_none() {
-                    runtime.report.first_error = Some(FirstError {
-                        block_id,
-                        attempt: result.attempt,
-                        kind,
-                        message,
-                        worker: report.worker.to_string(),
-                    });
-                }
-                if kind == FailureKind::DeliveriesExhausted {
-                    Outcome::Exhausted
-                } else {
-                    Outcome::Failed
-                }
-            }
+        let OutcomeKind::Failed { kind } = result.outcome else { return };
+        runtime.report.failed_attempts += 1;
+        if kind == FailureKind::Timeout {
+            runtime.report.timeouts += 1;
+        }
+        let block_id = grid.block_id(&grid.grid_index(key.index));
+        let message = result.error.clone().unwrap_or_default();
+        warn!(task = %report.task, %block_id, attempt = result.attempt, %kind, worker = %report.worker, error = %first_line(&message), "block attempt failed");
+        if runtime.report.first_error.is_none() {
+            runtime.report.first_error = Some(FirstError {
+                block_id,
+                attempt: result.attempt,
+                kind,
+                message,
+                worker: report.worker.to_string(),
+            });
         }
     }
 
@@ -574,6 +571,16 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             })
             .collect();
         self.snapshot.send_replace(RunSnapshot { tasks, finished, interrupted });
+    }
+}
+
+/// What a reported outcome means to the core.
+fn outcome_of(outcome: OutcomeKind) -> Outcome {
+    match outcome {
+        OutcomeKind::Success => Outcome::Success,
+        OutcomeKind::Skipped => Outcome::Skipped,
+        OutcomeKind::Failed { kind: FailureKind::DeliveriesExhausted } => Outcome::Exhausted,
+        OutcomeKind::Failed { .. } => Outcome::Failed,
     }
 }
 

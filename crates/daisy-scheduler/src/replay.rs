@@ -12,6 +12,8 @@
 //!   failure of an attempt given up on is a stale record.
 //! * [`ReplayMode::Resume`] (a new session) keeps only successes.
 
+use std::collections::{HashMap, HashSet};
+
 use daisy_core::{BlockIndex, BlockKey, Outcome, Pipeline, Scheduler, TaskIndex};
 use daisy_proto::{EpochFence, Event, FailureKind, OutcomeKind};
 use tracing::{info, warn};
@@ -56,6 +58,18 @@ pub(crate) fn replay(
         worker_restarts: vec![0; pipeline.len()],
         in_flight: Vec::new(),
     };
+    // Per dispatch message: the blocks whose outcome (or hand-back) it recorded. A queued
+    // batch is in flight only for its other blocks.
+    let mut settled_by_message: HashMap<u64, HashSet<u64>> = HashMap::new();
+    for event in &live {
+        if let Event::Outcomes(report) = event
+            && report.dispatch_sequence > 0
+        {
+            let settled = settled_by_message.entry(report.dispatch_sequence).or_default();
+            settled.extend(report.results.iter().map(|result| result.index));
+            settled.extend(report.returned.iter().copied());
+        }
+    }
     let mut applied = 0u64;
     let mut retried = 0u64;
     for (position, event) in live.iter().enumerate() {
@@ -107,10 +121,13 @@ pub(crate) fn replay(
         }
     }
     let mut in_flight_blocks = 0u64;
-    for queued in replayed.in_flight {
+    for mut queued in replayed.in_flight {
         let Some(task) = pipeline.task_index(&queued.dispatch.task) else { continue };
         if found.abandoned[task.get()].is_some() {
             continue;
+        }
+        if let Some(settled) = settled_by_message.get(&queued.batch.0) {
+            queued.dispatch.blocks.retain(|block| !settled.contains(&block.index));
         }
         for block in &queued.dispatch.blocks {
             if let Some(key) = key_of(&queued.dispatch.task, block.index)

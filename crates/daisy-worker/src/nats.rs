@@ -585,8 +585,9 @@ impl WorkerTransport for NatsWorkerTransport {
                     }
                     // Every delivery, not only redeliveries: a server killed hard may count
                     // a redelivery as the first.
-                    let Some(rest) =
-                        self.filter_recorded(dispatch, sequence, message.delivered, &message.acker).await
+                    let Some(rest) = self
+                        .filter_recorded(dispatch, sequence, message.delivered, &message.acker)
+                        .await
                     else {
                         continue;
                     };

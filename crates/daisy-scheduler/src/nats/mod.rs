@@ -232,6 +232,7 @@ pub async fn run_replica(
         undecodable_events: 0,
         cancel_requested: cancel_requested.clone(),
         removals,
+        dispatches: 0,
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),

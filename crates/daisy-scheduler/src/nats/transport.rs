@@ -56,6 +56,8 @@ pub(super) struct NatsSchedulerTransport {
     pub cancel_requested: CancellationToken,
     /// Sequences of batches to delete (see [`remove_applied_batches`]).
     pub removals: mpsc::Sender<u64>,
+    /// Dispatches published by this leader so far (numbers their message ids).
+    pub dispatches: u64,
 }
 
 impl NatsSchedulerTransport {
@@ -209,9 +211,8 @@ impl SchedulerTransport for NatsSchedulerTransport {
         dispatch: Dispatch,
     ) -> Result<BatchId, TransportError> {
         let task_id = self.pipeline.task(task).spec.id.clone();
-        let first = dispatch.blocks.first().map_or((0, 0), |b| (b.index, b.attempt));
-        let msg_id =
-            MsgId::dispatch_of_epoch(&self.run, &task_id, first.0, first.1, dispatch.epoch);
+        self.dispatches += 1;
+        let msg_id = MsgId::dispatch_numbered(&self.run, &task_id, dispatch.epoch, self.dispatches);
         // One trace per dispatched batch; the worker's outcome event joins it.
         let traceparent = daisy_nats::trace::new_traceparent();
         debug!(task = %task_id, blocks = dispatch.blocks.len(), %traceparent, "dispatching batch");
@@ -298,17 +299,31 @@ impl SchedulerTransport for NatsSchedulerTransport {
         }
     }
 
+    /// Batches whose message is gone although their outcomes never reached the actor. A
+    /// worker records before it acks, so a batch acked normally has its record in the event
+    /// stream before its message goes; it counts as lost only once the live tail has read
+    /// past the stream's end as it was after the check.
     async fn lost_batches(&mut self, batches: &[BatchId]) -> Result<Vec<BatchId>, TransportError> {
+        let what = "checking batches in flight";
+        let checks = batches.iter().map(|batch| self.streams.block_message_exists(batch.0));
+        let exists = futures::future::join_all(checks).await;
         let mut lost = Vec::new();
-        for &batch in batches {
-            let exists = self
-                .streams
-                .block_message_exists(batch.0)
-                .await
-                .map_err(|e| TransportError::new("checking batches in flight", e))?;
-            if !exists {
-                lost.push(batch);
+        for (batch, exists) in batches.iter().zip(exists) {
+            if !exists.map_err(|e| TransportError::new(what, e))? {
+                lost.push(*batch);
             }
+        }
+        if lost.is_empty() {
+            return Ok(lost);
+        }
+        let recorded_through = self
+            .streams
+            .event_stream_last_sequence()
+            .await
+            .map_err(|e| TransportError::new(what, e))?;
+        if self.next_sequence <= recorded_through {
+            // The tail has not read everything recorded so far: ask again next time.
+            return Ok(Vec::new());
         }
         Ok(lost)
     }
