@@ -32,6 +32,8 @@
 //! the ready blocks per worker.
 
 mod actor;
+#[cfg(test)]
+mod actor_tests;
 mod batch;
 mod clock;
 pub mod nats;
