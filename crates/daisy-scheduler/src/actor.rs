@@ -402,6 +402,14 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         let batch_id = BatchId(report.dispatch_sequence);
         let batch_known = report.dispatch_sequence > 0
             && self.batches.get(&batch_id).is_some_and(|batch| batch.task == task);
+        if report.dispatch_sequence > 0 && !batch_known {
+            // A batch no longer in flight (reported in full, reclaimed, abandoned) or never
+            // this leader's: whoever reports it now is late, and the blocks it names belong
+            // to other attempts.
+            self.stale_results += report.results.len() as u64;
+            debug!(task = %report.task, batch = %batch_id, worker = %report.worker, "report of a batch no longer in flight dropped");
+            return Ok(());
+        }
         self.tasks[task.get()].report.worker_restarts += u64::from(report.worker_restarts);
         let pipeline = self.pipeline.clone();
         let grid = &pipeline.task(task).grid;

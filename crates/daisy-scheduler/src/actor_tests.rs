@@ -23,7 +23,7 @@
 //! * every dispatch carries the actor's epoch.
 //!
 //! Tests named `bug_..` reproduce a bug of the actor found while writing these; they are
-//! `#[ignore]`d until it is fixed (`cargo test -p daisy-scheduler -- --ignored`).
+//! kept as regression tests.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
@@ -304,11 +304,21 @@ impl World {
                 }
             }
         }
+        // A queued batch's worker runs only the blocks its message has no record of.
+        let settled = |batch: BatchId, index: u64| {
+            replayed.events.iter().any(|event| match event {
+                Event::Outcomes(report) if report.dispatch_sequence == batch.0 => {
+                    report.results.iter().any(|r| r.index == index)
+                        || report.returned.contains(&index)
+                }
+                _ => false,
+            })
+        };
         for queued in &replayed.in_flight {
             let task = task(pipeline, &queued.dispatch.task);
             for block in &queued.dispatch.blocks {
                 let key = BlockKey { task, index: BlockIndex(block.index) };
-                if !world.succeeded.contains(&key) {
+                if !world.succeeded.contains(&key) && !settled(queued.batch, block.index) {
                     world.held.insert(key, (queued.batch, block.attempt));
                 }
             }
@@ -621,8 +631,7 @@ async fn a_late_failure_of_an_attempt_given_up_on_is_ignored() {
 /// Stale reports, part 1 (the counters): the summary's failed attempts are attempts that
 /// failed, so a redelivered report of one failure counts once.
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: actor.rs:415 counts a result before release decides it is stale"]
-async fn bug_a_late_failure_is_not_counted_as_another_failed_attempt() {
+async fn regression_8_a_late_failure_is_not_counted_as_another_failed_attempt() {
     let mut h = Harness::start(pipeline(TWO_BLOCKS), Setup::default());
     let a = h.task("a");
     let first = level(&h.pipeline, a, 0)[0];
@@ -843,10 +852,7 @@ async fn a_new_leader_continues_from_the_record() {
 /// leader adopts it; its redelivery is filtered against the record to nothing and acked
 /// (the block is not run, not reported). The block must still get its attempt 2.
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: replay.rs:117 marks a block in flight in a queued batch at an attempt the \
-            record already settled; nothing ever reports it, reclaim (actor.rs:332) skips it: \
-            the run hangs"]
-async fn bug_a_queued_batch_whose_failure_is_recorded_does_not_hang_the_next_leader() {
+async fn regression_8_a_queued_batch_whose_failure_is_recorded_does_not_hang_the_next_leader() {
     let p = pipeline(TWO_BLOCKS);
     let a = task(&p, "a");
     let first = level(&p, a, 0)[0];
@@ -886,10 +892,7 @@ async fn bug_a_queued_batch_whose_failure_is_recorded_does_not_hang_the_next_lea
 /// filtered to nothing and acked, so it leaves the block stream. Reclaiming it must not hand
 /// the block out a third time while the second batch's worker runs it.
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: actor.rs:332 reclaims a block another batch in flight holds at the same \
-            attempt (replay.rs:117-122, actor.rs:155-171 adopt both batches with it): the \
-            block runs twice at once"]
-async fn bug_reclaiming_an_adopted_batch_leaves_a_block_another_batch_holds() {
+async fn regression_8_reclaiming_an_adopted_batch_leaves_a_block_another_batch_holds() {
     let p = pipeline(ROW);
     let a = task(&p, "a");
     let l0 = level(&p, a, 0);
@@ -959,10 +962,7 @@ async fn a_batch_missing_at_two_reclaim_checks_is_dispatched_again() {
 /// and reports its failure late. The block's attempt in its new batch runs fine; the stale
 /// failure must not fail it, nor send out a second attempt next to the running one.
 #[tokio::test(start_paused = true)]
-#[ignore = "bug: actor.rs:419 applies a result of a batch no longer tracked to the block's \
-            current attempt, which a reclaim kept the same: the zombie's failure retries the \
-            block while its new batch runs it (one batch of room: the run stops, Stalled)"]
-async fn bug_a_late_failure_from_a_reclaimed_batch_is_ignored() {
+async fn regression_8_a_late_failure_from_a_reclaimed_batch_is_ignored() {
     let mut h = Harness::start(pipeline(TWO_BLOCKS), Setup::default());
     let a = h.task("a");
     let first = level(&h.pipeline, a, 0)[0];
