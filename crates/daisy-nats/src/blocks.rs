@@ -476,6 +476,53 @@ impl RunStreams {
         }
     }
 
+    /// The first block message at or after `from_sequence` (`None` past the last one):
+    /// walks what is queued without a round trip per deleted sequence.
+    ///
+    /// # Errors
+    /// [`BlockMessageError::Get`] if the request failed.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run, from_sequence), err(level = "debug"))]
+    pub async fn next_block_message(
+        &self,
+        from_sequence: u64,
+    ) -> Result<Option<BlockMessage>, BlockMessageError> {
+        let subjects = subjects::block_subjects(&self.run);
+        match self.blocks.get_first_raw_message_by_subject(&subjects, from_sequence).await {
+            Ok(message) => Ok(Some(BlockMessage {
+                dispatch: decode::<Dispatch>(&message.payload),
+                subject: message.subject.to_string(),
+                headers: message.headers,
+                stream_sequence: message.sequence,
+            })),
+            Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(source) => Err(BlockMessageError::Get {
+                stream: subjects::block_stream(&self.run),
+                stream_sequence: from_sequence,
+                source,
+            }),
+        }
+    }
+
+    /// Removes the fence markers of leaders stored before `before_sequence` (all of them
+    /// with `u64::MAX`); returns how many.
+    ///
+    /// # Errors
+    /// [`BlockMessageError::Purge`] if the request failed.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run), err(level = "debug"))]
+    pub async fn purge_fences(&self, before_sequence: u64) -> Result<u64, BlockMessageError> {
+        let purge = self.blocks.purge().filter(subjects::fence_subjects(&self.run));
+        let purged = if before_sequence == u64::MAX {
+            purge.await
+        } else {
+            purge.sequence(before_sequence).await
+        };
+        purged.map(|purged| purged.purged).map_err(|source| BlockMessageError::Purge {
+            stream: subjects::block_stream(&self.run),
+            task: "fence".to_owned(),
+            source,
+        })
+    }
+
     /// Whether the block message at `stream_sequence` is still in the stream (queued or
     /// delivered and not yet acked).
     ///

@@ -100,6 +100,11 @@ pub fn fence_subject(run: &RunId, epoch: u64) -> String {
     format!("{SUBJECT_PREFIX}.{run}.block.fence.{epoch}")
 }
 
+/// Every fence marker subject of a run: `daisy.v1.<run>.block.fence.>`.
+pub fn fence_subjects(run: &RunId) -> String {
+    format!("{SUBJECT_PREFIX}.{run}.block.fence.>")
+}
+
 /// Whether a block-stream subject is a leader's fence marker, not a task's dispatch.
 pub fn is_fence_subject(run: &RunId, subject: &str) -> bool {
     subject

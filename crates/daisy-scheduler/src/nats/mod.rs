@@ -299,6 +299,12 @@ pub async fn run_replica(
         } else if report.finished && !report.interrupted {
             let status = status_of(report, epoch, true, false);
             write_final_status(&streams, &guard, &status, "finished").await;
+            // Nothing is dispatched any more: the fence markers can go.
+            if guard.is_valid()
+                && let Err(err) = streams.purge_fences(u64::MAX).await
+            {
+                debug!(error = %err, "could not remove the fence markers");
+            }
             info!(run = %run, succeeded = report.all_succeeded(), "run finished");
         }
     }

@@ -4,7 +4,8 @@
 //!  lease won (epoch E)
 //!   ├─ read the block stream's queued batches, up to its last sequence L
 //!   ├─ publish the fence  block.fence.E  expecting last sequence L ── refused? someone
-//!   │     published in between: read again (their batch is queued, so in flight)
+//!   │     published in between: read again (their batch is queued, so in flight).
+//!   │     Fence markers stay in the stream until the run finishes.
 //!   ├─ replay the event stream to its end
 //!   └─ batches whose every block is recorded as done are removed; the others are in flight
 //! ```
@@ -80,8 +81,11 @@ async fn fence_and_read_queue(
             .map_err(|_| ReplicaError::LeaseLost { run: run.clone(), epoch: guard.epoch() })?;
         match nats.publish_fence(run, guard.epoch(), state.last_sequence).await {
             Ok(published) => {
-                if let Err(err) = streams.delete_block_message(published.stream_sequence).await {
-                    debug!(error = %err, "could not remove the fence marker (the next leader does)");
+                // The marker stays until the run finishes: a deposed leader whose dispatch
+                // is refused finds it (or a later one), and knows a later leader took over.
+                // Earlier leaders' markers can go.
+                if let Err(err) = streams.purge_fences(published.stream_sequence).await {
+                    debug!(error = %err, "could not remove earlier fence markers");
                 }
                 info!(
                     epoch = guard.epoch(),
@@ -101,8 +105,10 @@ async fn fence_and_read_queue(
     }
 }
 
-/// Every dispatch still queued in the block stream, with its sequence. Fence markers of
-/// earlier leaders and undecodable messages are removed.
+/// Every dispatch still queued in the block stream, with its sequence, up to `last`.
+/// Undecodable messages are removed; fence markers are kept (a deposed leader finds a later
+/// epoch's fence by them). A read that fails is retried: a batch skipped here would be
+/// dispatched twice.
 async fn queued_batches(
     streams: &RunStreams,
     first: u64,
@@ -113,10 +119,26 @@ async fn queued_batches(
     if messages == 0 {
         return Ok(batches);
     }
-    for sequence in first..=last {
-        let Ok(message) = streams.get_block_message(sequence).await else { continue };
+    let mut next = first;
+    let mut failures = 0;
+    while next <= last {
+        let message = match streams.next_block_message(next).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(err) if failures < 20 => {
+                failures += 1;
+                debug!(sequence = next, error = %err, "could not read a queued batch, retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * failures)).await;
+                continue;
+            }
+            Err(err) => return Err(ReplicaError::nats("reading the queued batches", err)),
+        };
+        let sequence = message.stream_sequence;
+        if sequence > last {
+            break;
+        }
+        next = sequence + 1;
         if is_fence_subject(streams.run(), &message.subject) {
-            let _ = streams.delete_block_message(sequence).await;
             continue;
         }
         match message.dispatch {
