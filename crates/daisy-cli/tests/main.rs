@@ -4,4 +4,5 @@ mod faults;
 mod ops;
 mod plan;
 mod run;
+mod timeline;
 mod util;
