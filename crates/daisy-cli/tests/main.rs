@@ -1,5 +1,6 @@
 //! Tests of the `daisy` binaries, run as a user runs them.
 
+mod conflict_faults;
 mod faults;
 mod ops;
 mod plan;
