@@ -260,6 +260,18 @@ impl Setup {
     }
 }
 
+/// With `DAISY_TEST_KEEP_TMP=1`, keeps the test's directory (pipelines, logs, timelines) and
+/// prints its path, as daisy-testkit does with the server's.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let keep = std::env::var_os(daisy_testkit::KEEP_TMP_ENV_VAR).is_some_and(|v| v == "1");
+        if keep && let Ok(placeholder) = tempfile::tempdir() {
+            let dir = std::mem::replace(&mut self.dir, placeholder);
+            eprintln!("kept the test's dir {}", dir.keep().display());
+        }
+    }
+}
+
 /// A 1-D task of `blocks` blocks of 10 without context (block ids are grid indices) and
 /// without a command or worker; `extra` adds keys.
 pub fn task(id: &str, blocks: u64, extra: &str) -> String {
