@@ -20,7 +20,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use daisy_core::{BlockKey, Pipeline, TaskIndex};
+use daisy_core::{BlockKey, Pipeline, TaskId, TaskIndex};
+use daisy_nats::RunSettings;
+use daisy_proto::subjects::MsgId;
+use daisy_proto::{BlockWork, Dispatch, RunId};
 use serde_json::Value;
 
 use crate::timeline::{
@@ -120,6 +123,28 @@ impl ConflictRun {
         (0..n).map(|i| Proc::spawn(&format!("worker {i}"), &mut self.worker(slots))).collect()
     }
 
+    /// Provisions the run with its pipeline and publishes one batch of `task` by hand, as
+    /// the leader of epoch 1 would: `blocks` (dense indices) at attempt 1.
+    fn publish_batch_by_hand(&self, task: &str, blocks: &[u64]) {
+        let run = RunId::new(RUN).unwrap();
+        let task_id = TaskId::new(task).unwrap();
+        let dispatch = Dispatch {
+            task: task.to_owned(),
+            epoch: 1,
+            blocks: blocks.iter().map(|&index| BlockWork { index, attempt: 1 }).collect(),
+        };
+        let msg_id = MsgId::dispatch_of_epoch(&run, &task_id, blocks[0], 1, 1);
+        let setup = &self.setup;
+        setup.runtime.block_on(async {
+            let streams = setup.client.provision_run(&run, &RunSettings::default()).await.unwrap();
+            streams
+                .put_spec(&std::fs::read_to_string(setup.pipeline_file(RUN)).unwrap())
+                .await
+                .unwrap();
+            setup.client.publish_dispatch(&run, &task_id, &dispatch, &msg_id, None).await.unwrap();
+        });
+    }
+
     /// `daisy <args> --nats URL`.
     fn daisy(&self, args: &[&str]) -> std::process::Output {
         let mut command = crate::util::daisy();
@@ -185,9 +210,18 @@ impl ConflictRun {
 
     /// [`check`] and [`check_ran_once`] must find nothing; prints how big the batches were.
     fn assert_checked(&self, timeline: &Timeline, record: &Record, allow_unrecorded: bool) {
+        // For a look after a failure (DAISY_TEST_KEEP_TMP=1 keeps the directory).
+        let events = self.events();
+        let dump: Vec<String> = events
+            .iter()
+            .map(|e| {
+                format!("{} {} {}", e.sequence, e.stored, e.fields.clone().unwrap_or_default())
+            })
+            .collect();
+        std::fs::write(self.setup.path("events"), dump.join("\n")).unwrap();
         let mut violations = check(&self.pipeline, timeline, record);
         violations.extend(check_ran_once(&self.pipeline, timeline, record, allow_unrecorded));
-        let batches = batch_sizes(&self.events());
+        let batches = batch_sizes(&events);
         let mean = batches.iter().sum::<usize>() as f64 / batches.len().max(1) as f64;
         let took: Vec<u64> =
             timeline.runs.iter().map(|r| r.until().saturating_sub(r.start)).collect();
@@ -291,16 +325,51 @@ fn a_worker_killed_between_recording_and_acking_has_none_of_its_recorded_blocks_
     let recorded_by_victim = run.record().recorded_by(victim.pid());
     assert!(!recorded_by_victim.is_empty(), "worker A recorded blocks before it was killed");
 
-    // Its unacked batch comes back after the AckWait (3 s), to worker B. Worker A had one
-    // slot and recorded everything it ran: every block succeeded exactly once.
+    // The running leader removes the batch once it applied its outcomes; if it has not yet,
+    // the batch comes back to worker B after the AckWait (3 s) and B must filter it. Worker
+    // A had one slot and recorded everything it ran: every block succeeded exactly once.
     let (timeline, _) = run.assert_finished(&mut scheduler, false);
     for key in &recorded_by_victim {
         let runs: Vec<&BlockRun> = timeline.runs.iter().filter(|r| run.key_of(r) == *key).collect();
         assert_eq!(runs.len(), 1, "{key:?}, recorded by the killed worker, ran again: {runs:?}");
     }
     assert_eq!(survivor.wait(RUN_DEADLINE), Some(0), "{}", survivor.describe());
+    let filtered = survivor.stderr().contains("redelivered batch filtered against the record");
+    eprintln!("worker A's batch came back to worker B: {filtered}");
+}
+
+#[test]
+fn a_batch_redelivered_after_its_worker_died_between_record_and_ack_reruns_no_recorded_block() {
+    // No scheduler while the batch is out, so no leader removes it: only the filter of the
+    // worker that gets the redelivery stands between it and a second run of its blocks.
+    let run = ConflictRun::new(Shape { blocks: [6, 6, 4], downstream: false, ..WIDE });
+    let up = run.pipeline.task_index("up").unwrap();
+    let grid = &run.pipeline.task(up).grid;
+    let batch: Vec<u64> =
+        (0..8).map(|n| grid.dense_index(&grid.nth_block_of_level(0, n)).0).collect();
+    run.publish_batch_by_hand("up", &batch);
+    let mut victim = Proc::spawn(
+        "worker A (stops after recording)",
+        run.worker(1).env("DAISY_FAULT_STOP_AFTER_RECORD", "1"),
+    );
+    victim.wait_line("fault point: stopping after recording outcomes", RUN_DEADLINE);
+    victim.kill();
+    assert_eq!(run.record().recorded_by(victim.pid()).len(), batch.len(), "all recorded");
+
+    // After the AckWait (3 s) the batch goes to worker B, which runs none of it.
+    let mut survivor = Proc::spawn("worker B", &mut run.worker(1));
+    survivor.wait_line("redelivered batch filtered against the record", RUN_DEADLINE);
     let logs = survivor.stderr();
-    assert!(logs.contains("redelivered batch filtered against the record"), "{logs}");
+    let line = logs.lines().find(|line| line.contains("filtered against the record")).unwrap();
+    assert!(line.contains("recorded=8") && line.contains("to_run=0"), "{line}");
+    wait_until("worker B to ack the redelivery", RUN_DEADLINE, || {
+        run.setup.block_message_count(RUN) == 0
+    });
+    assert_eq!(run.timeline().runs.len(), batch.len(), "nothing ran again");
+
+    let mut scheduler = Proc::spawn("scheduler", &mut run.scheduler());
+    run.assert_finished(&mut scheduler, false);
+    assert_eq!(survivor.wait(RUN_DEADLINE), Some(0), "{}", survivor.describe());
 }
 
 #[test]
