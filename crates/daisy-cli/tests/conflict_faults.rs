@@ -234,6 +234,7 @@ impl ConflictRun {
             batches.iter().max().unwrap_or(&0)
         );
         assert_no_violations("the timeline against the plan and the record", &violations);
+        assert!(batches.iter().any(|&n| n >= 3), "no batch held several blocks: {batches:?}");
     }
 }
 
@@ -324,6 +325,7 @@ fn a_worker_killed_between_recording_and_acking_has_none_of_its_recorded_blocks_
     victim.kill();
     let recorded_by_victim = run.record().recorded_by(victim.pid());
     assert!(!recorded_by_victim.is_empty(), "worker A recorded blocks before it was killed");
+    eprintln!("worker A recorded {} blocks in 3 batches", recorded_by_victim.len());
 
     // The running leader removes the batch once it applied its outcomes; if it has not yet,
     // the batch comes back to worker B after the AckWait (3 s) and B must filter it. Worker
@@ -405,8 +407,19 @@ fn two_replicas(run: &ConflictRun, leader_env: &[(&str, &str)]) -> (Proc, Proc, 
     (leader, standby, run.workers(2, 2))
 }
 
-/// After `deposed` noticed it lost the lease and `leader` finished the run: the deposed
-/// leader exits once the run is over, and wrote no event after the new leader started.
+/// Waits until `deposed` (resumed) logs that it lost the lease, then that it stands by again
+/// (it does not exit while the run goes on).
+fn wait_until_deposed(deposed: &mut Proc) {
+    deposed.wait_line("lost the scheduler lease", RUN_DEADLINE);
+    wait_until("the deposed leader to stand by again", RUN_DEADLINE, || {
+        let logs = deposed.stderr();
+        let lost = logs.find("lost the scheduler lease").unwrap();
+        logs[lost..].contains("standing by")
+    });
+}
+
+/// After the new leader finished the run: the deposed leader exits once the run is over,
+/// and wrote no event after the new leader started.
 fn assert_deposed_wrote_nothing(run: &ConflictRun, deposed: &mut Proc, epoch: u64) {
     let code = deposed.wait(RUN_DEADLINE);
     eprintln!("the deposed leader exited with {code:?}");
@@ -430,7 +443,7 @@ fn a_leader_paused_for_three_lease_ttls_is_fenced_and_the_run_finishes_correctly
     });
     assert!(!second.exited() && run.ended() < run.num_blocks(), "work remains after the pause");
     first.signal("CONT");
-    first.wait_line("lost the scheduler lease", RUN_DEADLINE);
+    wait_until_deposed(&mut first);
 
     run.assert_finished(&mut second, false);
     assert_deposed_wrote_nothing(&run, &mut first, first_epoch);
@@ -451,7 +464,7 @@ fn a_dispatch_of_a_leader_deposed_while_publishing_is_refused() {
     assert!(!second.exited() && run.ended() < run.num_blocks(), "work remains");
     // The stopped leader publishes the dispatch it was about to: refused.
     first.signal("CONT");
-    first.wait_line("lost the scheduler lease", RUN_DEADLINE);
+    wait_until_deposed(&mut first);
 
     run.assert_finished(&mut second, false);
     assert_deposed_wrote_nothing(&run, &mut first, first_epoch);
