@@ -1,7 +1,9 @@
 //! Tests of the `daisy` binaries, run as a user runs them.
 
+mod conflict_faults;
 mod faults;
 mod ops;
 mod plan;
 mod run;
+mod timeline;
 mod util;

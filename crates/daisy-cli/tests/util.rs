@@ -139,11 +139,16 @@ impl Setup {
 
     /// `daisy-worker` of `run` with one slot.
     pub fn worker(&self, run: &str) -> Command {
+        self.worker_with_slots(run, 1)
+    }
+
+    /// `daisy-worker` of `run` with `slots` slots.
+    pub fn worker_with_slots(&self, run: &str, slots: u32) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_daisy-worker"));
         command
             .arg("--nats")
             .arg(self.nats.url())
-            .args(["--run", run, "--slots", "1"])
+            .args(["--run", run, "--slots", &slots.to_string()])
             .arg("--log-dir")
             .arg(self.path("logs"))
             .arg("--state-dir")
@@ -197,11 +202,17 @@ impl Setup {
 
     /// Every decodable event in `run`'s event stream, oldest first; none if the stream does
     /// not exist (yet).
+    pub fn recorded_events(&self, run: &str) -> Vec<Event> {
+        self.stored_events(run).into_iter().filter_map(|stored| stored.event).collect()
+    }
+
+    /// Every message in `run`'s event stream, oldest first, with when the server stored it;
+    /// none if the stream does not exist (yet).
     ///
     /// Reads message by message by sequence rather than through a replay: tests poll this
     /// every [`POLL`], and each replay leaves an ordered consumer on the server for 30 s,
     /// enough of them to hit the server's limit of 1000 consumers per stream.
-    pub fn recorded_events(&self, run: &str) -> Vec<Event> {
+    pub fn stored_events(&self, run: &str) -> Vec<StoredEvent> {
         let name = daisy_proto::subjects::event_stream(&RunId::new(run).unwrap());
         self.runtime.block_on(async {
             let Ok(stream) = self.jetstream.get_stream(&name).await else { return Vec::new() };
@@ -213,7 +224,13 @@ impl Setup {
                 }
                 let message = stream.get_raw_message(sequence).await;
                 let message = message.unwrap_or_else(|e| panic!("event {sequence} reads: {e}"));
-                events.extend(daisy_proto::decode::<Event>(&message.payload).ok());
+                let stored = u64::try_from(message.time.unix_timestamp_nanos()).unwrap();
+                events.push(StoredEvent {
+                    sequence,
+                    stored,
+                    event: daisy_proto::decode(&message.payload).ok(),
+                    fields: daisy_proto::decode(&message.payload).ok(),
+                });
             }
             events
         })
@@ -240,6 +257,18 @@ impl Setup {
             let streams = self.client.open_run(&run).await.expect("the run exists");
             streams.get_status().await.expect("status reads").is_some_and(|s| s.cancelled)
         })
+    }
+}
+
+/// With `DAISY_TEST_KEEP_TMP=1`, keeps the test's directory (pipelines, logs, timelines) and
+/// prints its path, as daisy-testkit does with the server's.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let keep = std::env::var_os(daisy_testkit::KEEP_TMP_ENV_VAR).is_some_and(|v| v == "1");
+        if keep && let Ok(placeholder) = tempfile::tempdir() {
+            let dir = std::mem::replace(&mut self.dir, placeholder);
+            eprintln!("kept the test's dir {}", dir.keep().display());
+        }
     }
 }
 
@@ -317,6 +346,20 @@ pub fn done_blocks(events: impl IntoIterator<Item = Event>) -> BTreeSet<(String,
         }
     }
     done
+}
+
+/// One message of a run's event stream.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub sequence: u64,
+    /// When the server stored it, in nanoseconds since the Unix epoch (the wall clock of
+    /// the test's machine, like the block scripts' `date +%s%N`).
+    pub stored: u64,
+    /// The event, if it decodes.
+    pub event: Option<Event>,
+    /// The event read as plain data (`{"<Variant>": {<field>: ..}}`), so that a test can
+    /// look at a field whatever the version of the protocol it was built with.
+    pub fields: Option<Value>,
 }
 
 /// One line of an attempts file.
