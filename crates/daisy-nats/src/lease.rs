@@ -176,6 +176,20 @@ impl Lease {
                 self.revision = revision;
                 Ok(())
             }
+            Err(source) if source.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // An earlier renewal whose answer was lost (a server restart) may have been
+                // stored: then the key holds our own newer revision, and the lease is ours.
+                if let Ok(Some(entry)) = self.store.entry(subjects::LEADER_KEY).await
+                    && entry.operation == kv::Operation::Put
+                    && entry.revision > self.revision
+                    && serde_json::from_slice::<LeaseHolder>(&entry.value)
+                        .is_ok_and(|holder| holder == self.holder)
+                {
+                    self.revision = entry.revision;
+                    return Box::pin(self.renew()).await;
+                }
+                Err(LeaseLost { epoch: self.epoch, source })
+            }
             Err(source) => Err(LeaseLost { epoch: self.epoch, source }),
         }
     }
@@ -204,6 +218,15 @@ impl Lease {
         tracing::info!(epoch = self.epoch, "scheduler lease released");
         Ok(())
     }
+}
+
+/// How long the run's lease lives without a renewal, as its bucket says (`max_age`): a
+/// bucket made by an earlier replica keeps its TTL whatever a later one is configured with.
+/// `None` if the bucket cannot be read or sets no age.
+pub async fn lease_bucket_ttl(streams: &RunStreams) -> Option<std::time::Duration> {
+    let status = streams.lease.status().await.ok()?;
+    let max_age = status.info.config.max_age;
+    (!max_age.is_zero()).then_some(max_age)
 }
 
 /// Who holds the run's lease now, if anyone (for `daisy status`).

@@ -78,7 +78,7 @@ pub use events::{EventReplay, RecordedOutcomesError, ReplayError, ReplayedEvent}
 pub use identity::process_identity;
 pub use lease::{
     AcquireError, HolderError, Lease, LeaseHolder, LeaseLost, LeaseRecord, ReleaseError,
-    current_holder,
+    current_holder, lease_bucket_ttl,
 };
 pub use meta::{DecodeValueError, MetaError, RunStatus, TaskStatus, WorkerInfo};
 pub use provision::{

@@ -107,7 +107,7 @@ pub(super) async fn stand_by(
     options: &ReplicaOptions,
     cancel: &CancellationToken,
 ) -> Option<(Lease, LeaseGuard)> {
-    let ttl = options.settings.lease_ttl;
+    let ttl = lease_ttl(streams, options).await;
     let poll = (ttl / 4).max(Duration::from_millis(100));
     let mut announced = false;
     // A replica started to resume a cancelled run leads it; one that saw the
@@ -150,6 +150,19 @@ pub(super) async fn stand_by(
             () = cancel.cancelled() => return None,
             () = tokio::time::sleep(poll) => {}
         }
+    }
+}
+
+/// The lease TTL this replica must assume: its own, or the bucket's if shorter (a bucket
+/// made by an earlier replica keeps the TTL it was made with).
+pub(super) async fn lease_ttl(streams: &RunStreams, options: &ReplicaOptions) -> Duration {
+    let configured = options.settings.lease_ttl;
+    match daisy_nats::lease_bucket_ttl(streams).await {
+        Some(bucket) if bucket < configured => {
+            warn!(configured = ?configured, bucket = ?bucket, "the run's lease bucket has a shorter TTL than this replica's: using it");
+            bucket
+        }
+        _ => configured,
     }
 }
 

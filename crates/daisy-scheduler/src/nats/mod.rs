@@ -182,8 +182,8 @@ pub async fn run_replica(
     // Helpers stop with the replica, also when its future is dropped.
     let _stop_on_drop = stop.clone().drop_guard();
     let mut helpers = JoinSet::new();
-    let lease_keeper =
-        tokio::spawn(keep_lease(lease, options.settings.lease_ttl, guard.clone(), stop.clone()));
+    let lease_ttl = election::lease_ttl(&streams, &options).await;
+    let lease_keeper = tokio::spawn(keep_lease(lease, lease_ttl, guard.clone(), stop.clone()));
 
     let takeover = async {
         if let Some(delay) = daisy_nats::fault::replay_delay() {
@@ -194,7 +194,7 @@ pub async fn run_replica(
         if spec_differs {
             publish_spec(&streams, &options, &guard).await?;
         }
-        recover(&nats, &streams, &guard).await
+        recover(&nats, &streams, &guard, &options.pipeline).await
     };
     let recovered = tokio::select! {
         recovered = takeover => recovered,
@@ -233,6 +233,7 @@ pub async fn run_replica(
         cancel_requested: cancel_requested.clone(),
         removals,
         dispatches: 0,
+        start_recorded: true,
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),

@@ -25,8 +25,9 @@
 
 use std::collections::HashSet;
 
+use daisy_core::Pipeline;
 use daisy_nats::{Nats, RunStreams};
-use daisy_proto::subjects::is_fence_subject;
+use daisy_proto::subjects::{EventScope, MsgId, is_fence_subject};
 use daisy_proto::{Event, OutcomeKind};
 use futures::StreamExt;
 use tracing::{debug, info, warn};
@@ -53,11 +54,37 @@ pub(super) async fn recover(
     nats: &Nats,
     streams: &RunStreams,
     guard: &LeaseGuard,
+    pipeline: &Pipeline,
 ) -> Result<Recovered, ReplicaError> {
     let (queued, fence_sequence) = fence_and_read_queue(nats, streams, guard).await?;
+    record_start(nats, streams, guard, pipeline).await?;
     let (events, replay) = replay_events(streams).await?;
     let in_flight = drop_recorded_batches(streams, queued, &events).await;
     Ok(Recovered { events, replay, in_flight, fence_sequence })
+}
+
+/// Records [`Event::RunStarted`] of this leader's epoch before the replay: from it on, the
+/// replay and the live tail ignore whatever a deposed leader still writes.
+async fn record_start(
+    nats: &Nats,
+    streams: &RunStreams,
+    guard: &LeaseGuard,
+    pipeline: &Pipeline,
+) -> Result<(), ReplicaError> {
+    let event = Event::RunStarted {
+        layout_hash: daisy_proto::layout_hash(pipeline),
+        unix_ms: crate::unix_ms_now(),
+        epoch: guard.epoch(),
+    };
+    let msg_id = MsgId::for_event(streams.run(), &event);
+    guard.check().map_err(|_| ReplicaError::LeaseLost {
+        run: streams.run().clone(),
+        epoch: guard.epoch(),
+    })?;
+    nats.publish_event(streams.run(), EventScope::Run, &event, &msg_id, None)
+        .await
+        .map_err(|e| ReplicaError::nats("recording the run's start", e))?;
+    Ok(())
 }
 
 /// Reads the queued batches and stores this leader's fence right after the last message

@@ -6,7 +6,9 @@
 //! A dispatch or an event that cannot be stored (the server is restarting, the connection is
 //! gone) is sent again, with the same `Nats-Msg-Id`, until it is stored or the lease is no
 //! longer valid; a broken-off replay of the event stream is followed again from the first
-//! unread event.
+//! unread event. On a single server a retried dispatch whose first copy was stored is
+//! refused by its expected last sequence before its `Nats-Msg-Id` is looked at (checked
+//! with nats-server 2.15), so the leader then reads the gap itself (`resolve_gap`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +60,9 @@ pub(super) struct NatsSchedulerTransport {
     pub removals: mpsc::Sender<u64>,
     /// Dispatches published by this leader so far (numbers their message ids).
     pub dispatches: u64,
+    /// Whether this leader's `RunStarted` is recorded already (before its replay, so that
+    /// the replay fences off deposed leaders): the actor's is then not recorded again.
+    pub start_recorded: bool,
 }
 
 impl NatsSchedulerTransport {
@@ -132,8 +137,10 @@ impl NatsSchedulerTransport {
 
     /// A dispatch was refused because the block stream moved past this leader's last
     /// sequence. Only this leader publishes after its fence while its lease is valid, so the
-    /// messages in between are its own earlier try (stored, its acknowledgement lost in a
-    /// server restart) — unless a later leader fenced the stream, which deposes this one.
+    /// gap is its own earlier try (stored, its acknowledgement lost in a server restart) —
+    /// unless a later leader fenced the stream (fence markers stay while the run goes on),
+    /// which deposes this one. Anything else unexplained deposes it too: stepping down and
+    /// taking over again is always safe, guessing is not.
     async fn resolve_gap(
         &mut self,
         msg_id: &MsgId,
@@ -143,8 +150,22 @@ impl NatsSchedulerTransport {
         let state =
             self.streams.block_stream_state().await.map_err(|e| TransportError::new(what, e))?;
         let mut ours = None;
+        let mut gone = 0u64;
         for sequence in self.last_block_sequence + 1..=state.last_sequence {
-            let Ok(message) = self.streams.get_block_message(sequence).await else { continue };
+            let exists = self
+                .streams
+                .block_message_exists(sequence)
+                .await
+                .map_err(|e| TransportError::new(what, e))?;
+            if !exists {
+                gone += 1;
+                continue;
+            }
+            let message = self
+                .streams
+                .get_block_message(sequence)
+                .await
+                .map_err(|e| TransportError::new(what, e))?;
             if daisy_proto::subjects::is_fence_subject(&self.run, &message.subject) {
                 let later = message.subject.rsplit('.').next().and_then(|e| e.parse().ok());
                 let later = later.unwrap_or(u64::MAX);
@@ -160,21 +181,24 @@ impl NatsSchedulerTransport {
             let message_id = message.headers.get(daisy_proto::subjects::MSG_ID_HEADER);
             if message_id.is_some_and(|id| id.as_str() == msg_id.as_str()) {
                 ours = Some(sequence);
-            }
-            if let Ok(dispatch) = &message.dispatch
-                && dispatch.epoch > self.guard.epoch()
-            {
-                self.guard.lose("a later leader dispatched");
-                return Err(TransportError::new(
-                    what,
-                    Deposed { ours: self.guard.epoch(), later: dispatch.epoch },
-                ));
+            } else {
+                let later = message.dispatch.as_ref().map_or(u64::MAX, |d| d.epoch);
+                self.guard.lose("someone else dispatched");
+                return Err(TransportError::new(what, Deposed { ours: self.guard.epoch(), later }));
             }
         }
         if !self.guard.is_valid() {
             return Err(TransportError::new(what, refusal));
         }
-        let sequence = ours.unwrap_or(state.last_sequence);
+        let sequence = match ours {
+            Some(sequence) => sequence,
+            // Our try, already taken and acked by a worker.
+            None if gone == 1 => state.last_sequence,
+            None => {
+                self.guard.lose("the block stream moved on unexplained");
+                return Err(TransportError::new(what, refusal));
+            }
+        };
         info!(sequence, "dispatch was stored before its acknowledgement got lost");
         Ok(Published { stream_sequence: sequence, duplicate: true })
     }
@@ -266,6 +290,9 @@ impl SchedulerTransport for NatsSchedulerTransport {
     }
 
     async fn record(&mut self, event: &Event) -> Result<(), TransportError> {
+        if matches!(event, Event::RunStarted { .. }) && std::mem::take(&mut self.start_recorded) {
+            return Ok(());
+        }
         let pipeline = self.pipeline.clone();
         let task = match event {
             Event::TaskAbandoned { task, .. } => pipeline.task_index(task),

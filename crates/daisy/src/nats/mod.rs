@@ -263,6 +263,8 @@ impl NatsRun {
                 workers_cancel.clone(),
             ))
         });
+        let mut replay_mode = options.replay_mode;
+        let mut retry_delay = RETRY_DELAY_MIN;
         let report = loop {
             let replica = ReplicaOptions {
                 run: options.run.clone(),
@@ -271,16 +273,33 @@ impl NatsRun {
                 settings: RunSettings { lease_ttl: options.lease_ttl, ..RunSettings::default() },
                 holder: options.holder.clone(),
                 scheduler: options.scheduler.clone(),
-                replay_mode: options.replay_mode,
+                replay_mode,
                 on_leading: Some(signal_leading(
                     leading.clone(),
                     Some(forward_snapshots(snapshots.clone())),
                 )),
             };
-            match run_replica(nats.clone(), replica, cancel.clone()).await {
+            let result = run_replica(nats.clone(), replica, cancel.clone()).await;
+            if leading.is_cancelled() {
+                // Once this session led, taking over again continues it: its recorded
+                // failures, abandonments and successes count as they did.
+                replay_mode = ReplayMode::Continue;
+            }
+            match result {
                 Ok(report) => break Ok(report),
                 Err(ReplicaError::LeaseLost { .. }) => {
                     warn!("lost the scheduler lease; standing by again");
+                    retry_delay = RETRY_DELAY_MIN;
+                }
+                // Only the user ends a run: NATS failing (a server restarting, a leader
+                // election) means trying again, with a warning each time.
+                Err(err @ ReplicaError::Nats { .. }) => {
+                    warn!(error = %err, cause = %error_cause(&err), retry_in = ?retry_delay, "the scheduler replica could not go on; standing by again");
+                    tokio::select! {
+                        () = cancel.cancelled() => break Err(NatsRunError::Replica(err)),
+                        () = tokio::time::sleep(retry_delay) => {}
+                    }
+                    retry_delay = (retry_delay * 2).min(RETRY_DELAY_MAX);
                 }
                 Err(err) => break Err(NatsRunError::Replica(err)),
             }
@@ -299,4 +318,18 @@ impl NatsRun {
         }
         report
     }
+}
+
+/// The first wait before a replica that failed on NATS stands by again.
+const RETRY_DELAY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest wait between two tries of a replica that keeps failing on NATS.
+const RETRY_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The innermost cause of an error, for a log line.
+fn error_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
