@@ -408,10 +408,30 @@ pub fn check_ran_once(
                 .filter(|run| run.succeeded_at().is_some())
                 .collect();
             let recorded = record.successes.get(&key).map_or(&[][..], Vec::as_slice);
-            let is_recorded = |run: &BlockRun| {
-                recorded.iter().any(|r| r.worker == Some(run.worker) && r.attempt == run.attempt)
-            };
-            let recorded_runs = succeeded.iter().filter(|run| is_recorded(run)).count();
+            // Each recorded success stands for one run: the latest run of its worker and
+            // attempt that ended before the server stored it. One worker may run a block
+            // twice (a delivery that lapsed before it recorded, then its redelivery), and
+            // only a run some recorded success stands for counts as recorded.
+            let mut stood_for = vec![false; succeeded.len()];
+            let mut by_time: Vec<&RecordedSuccess> = recorded.iter().collect();
+            by_time.sort_by_key(|r| r.stored);
+            for success in by_time {
+                let candidate = succeeded
+                    .iter()
+                    .enumerate()
+                    .filter(|(position, run)| {
+                        !stood_for[*position]
+                            && success.worker == Some(run.worker)
+                            && success.attempt == run.attempt
+                            && run.succeeded_at().is_some_and(|end| end <= success.stored)
+                    })
+                    .max_by_key(|(_, run)| run.succeeded_at())
+                    .map(|(position, _)| position);
+                if let Some(position) = candidate {
+                    stood_for[position] = true;
+                }
+            }
+            let recorded_runs = stood_for.iter().filter(|&&recorded| recorded).count();
             let block = describe_block(pipeline, key);
             if recorded.is_empty() || recorded_runs == 0 {
                 let (runs, recorded) = (succeeded.len(), recorded.len());

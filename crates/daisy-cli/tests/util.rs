@@ -526,8 +526,13 @@ impl Drop for Proc {
         self.kill();
         if std::thread::panicking() {
             let lines = self.stderr.lock().unwrap();
+            // DAISY_TEST_STDERR_LINES=N shows more of a failed test's processes.
+            let shown = std::env::var("DAISY_TEST_STDERR_LINES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(40);
             let tail: Vec<&str> =
-                lines.iter().rev().take(40).rev().map(|(_, line)| line.as_str()).collect();
+                lines.iter().rev().take(shown).rev().map(|(_, line)| line.as_str()).collect();
             eprintln!(
                 "--- {} (pid {}), last stderr lines:\n{}",
                 self.name,

@@ -166,6 +166,10 @@ pub struct StreamInfoError {
     pub source: async_nats::jetstream::context::RequestError,
 }
 
+/// How long past its expiry a pull may go on: the server ends a pull at its expiry, but one
+/// it forgot (it restarted mid-pull) never ends.
+const PULL_GRACE: Duration = Duration::from_secs(5);
+
 /// A task's durable pull consumer on the run's block stream. Cheap to clone; clones share the
 /// undecodable counter.
 #[derive(Debug, Clone)]
@@ -307,7 +311,7 @@ impl BlockConsumer {
             .messages()
             .await
             .map_err(fetch_error)?;
-        self.collect(batch, max).await
+        self.collect(batch, max, expires).await
     }
 
     /// Pulls up to `max` deliveries that are available right now, without
@@ -320,16 +324,25 @@ impl BlockConsumer {
         let fetch_error = |source| ConsumerError::Fetch { consumer: self.name.clone(), source };
         let batch =
             self.consumer.fetch().max_messages(max).messages().await.map_err(fetch_error)?;
-        self.collect(batch, max).await
+        self.collect(batch, max, Duration::ZERO).await
     }
 
+    /// Collects a pull's deliveries until it ends, or until `expires` plus a grace period
+    /// passed: a pull the server forgot (it restarted mid-pull) never ends by itself.
     async fn collect(
         &self,
         mut batch: pull::Batch,
         max: usize,
+        expires: Duration,
     ) -> Result<Vec<ReceivedDispatch>, ConsumerError> {
+        let deadline = tokio::time::Instant::now() + expires + PULL_GRACE;
         let mut received = Vec::with_capacity(max);
-        while let Some(message) = batch.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout_at(deadline, batch.next()).await else {
+                tracing::debug!(consumer = %self.name, received = received.len(), "pull ended by its deadline");
+                break;
+            };
+            let Some(message) = next else { break };
             let message = message
                 .map_err(|source| ConsumerError::Receive { consumer: self.name.clone(), source })?;
             received.push(self.receive(message)?);
@@ -441,7 +454,7 @@ impl RunStreams {
     ///
     /// # Errors
     /// [`BlockMessageError::Delete`] if the request failed.
-    #[instrument(level = "debug", skip_all, fields(run = %self.run, stream_sequence), err)]
+    #[instrument(level = "debug", skip_all, fields(run = %self.run, stream_sequence), err(level = "debug"))]
     pub async fn delete_block_message(
         &self,
         stream_sequence: u64,
@@ -454,14 +467,16 @@ impl RunStreams {
         match self.blocks.delete_message(stream_sequence).await {
             Ok(deleted) => Ok(deleted),
             Err(error) => {
-                // The server reports a missing message as a generic delete failure (10057);
-                // ask for the message to tell "already gone" from a real failure.
-                let failed_generically = matches!(
+                // The server reports a missing message as a generic delete failure (10057),
+                // or another JetStream error; ask for the message to tell "already gone"
+                // from a real failure.
+                let answered = matches!(
                     error.kind(),
                     DeleteMessageErrorKind::JetStream(inner)
                         if inner.error_code() == ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                            || inner.error_code() == ErrorCode::NO_MESSAGE_FOUND
                 );
-                if failed_generically {
+                if answered {
                     match self.blocks.get_raw_message(stream_sequence).await {
                         Err(get_error)
                             if get_error.kind() == RawMessageErrorKind::NoMessageFound =>

@@ -144,7 +144,9 @@ impl DeadLetters {
                 },
             )?;
         let mut letters = Vec::new();
-        while let Some(message) = batch.next().await {
+        // A pull the server forgot (it restarted mid-pull) never ends by itself.
+        let deadline = tokio::time::Instant::now() + expires + Duration::from_secs(5);
+        while let Ok(Some(message)) = tokio::time::timeout_at(deadline, batch.next()).await {
             let message = message.map_err(|source| ConsumerError::Receive {
                 consumer: subjects::DLQ_CONSUMER.to_owned(),
                 source,

@@ -108,6 +108,18 @@ impl Stream for EventReplay {
     }
 }
 
+/// What the record holds for one dispatch message.
+#[derive(Debug, Clone, Default)]
+pub struct BatchRecord {
+    /// Its outcome reports, in order.
+    pub reports: Vec<OutcomeReport>,
+    /// Its claims: (delivery, worker), in order.
+    pub claims: Vec<(u64, daisy_proto::WorkerId)>,
+    /// The event-stream sequence of the last event on its subject (0: none): a claim
+    /// expects it.
+    pub last_sequence: u64,
+}
+
 /// Why the recorded outcomes of a dispatch message could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -137,39 +149,43 @@ impl RunStreams {
         Ok(info.state.last_sequence)
     }
 
-    /// Every outcome report recorded for the dispatch message at `dispatch_sequence` of
-    /// `task` (all deliveries and parts), read by subject from the stream leader: what a
-    /// worker handed a redelivery must not run again. Undecodable events are skipped.
+    /// What the record holds for the dispatch message at `dispatch_sequence` of `task`:
+    /// every outcome report (all deliveries and parts) and claim, read by subject from the
+    /// stream leader. Undecodable events are skipped.
     ///
     /// # Errors
     /// [`RecordedOutcomesError`] if a read failed.
     #[instrument(level = "debug", skip_all, fields(run = %self.run, %task, dispatch_sequence), err(level = "debug"))]
-    pub async fn recorded_outcomes(
+    pub async fn batch_record(
         &self,
         task: &daisy_core::TaskId,
         dispatch_sequence: u64,
-    ) -> Result<Vec<OutcomeReport>, RecordedOutcomesError> {
+    ) -> Result<BatchRecord, RecordedOutcomesError> {
         use async_nats::jetstream::stream::RawMessageErrorKind;
         let subject = daisy_proto::subjects::event_subject(
             &self.run,
             daisy_proto::subjects::EventScope::Batch(task, dispatch_sequence),
         );
-        let mut reports = Vec::new();
+        let mut record = BatchRecord::default();
         let mut next = 1;
         loop {
             match self.events.get_first_raw_message_by_subject(&subject, next).await {
                 Ok(message) => {
                     next = message.sequence + 1;
+                    record.last_sequence = message.sequence;
                     match decode::<Event>(&message.payload) {
-                        Ok(Event::Outcomes(report)) => reports.push(report),
+                        Ok(Event::Outcomes(report)) => record.reports.push(report),
+                        Ok(Event::BatchClaimed { delivery, worker, .. }) => {
+                            record.claims.push((delivery, worker));
+                        }
                         Ok(_) => {}
                         Err(error) => {
-                            tracing::warn!(%subject, sequence = message.sequence, %error, "recorded outcome is not decodable");
+                            tracing::warn!(%subject, sequence = message.sequence, %error, "recorded event is not decodable");
                         }
                     }
                 }
                 Err(error) if error.kind() == RawMessageErrorKind::NoMessageFound => {
-                    return Ok(reports);
+                    return Ok(record);
                 }
                 Err(source) => {
                     return Err(RecordedOutcomesError {
@@ -180,6 +196,19 @@ impl RunStreams {
                 }
             }
         }
+    }
+
+    /// Every outcome report recorded for the dispatch message at `dispatch_sequence` of
+    /// `task` (see [`RunStreams::batch_record`]).
+    ///
+    /// # Errors
+    /// [`RecordedOutcomesError`] if a read failed.
+    pub async fn recorded_outcomes(
+        &self,
+        task: &daisy_core::TaskId,
+        dispatch_sequence: u64,
+    ) -> Result<Vec<OutcomeReport>, RecordedOutcomesError> {
+        Ok(self.batch_record(task, dispatch_sequence).await?.reports)
     }
 
     /// Replays the run's events from `start_sequence` (1, or 0, for the whole stream; the

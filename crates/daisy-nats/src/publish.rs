@@ -120,6 +120,39 @@ impl Nats {
         self.publish_with(subject, Vec::new(), None, None, Some(expected_last_sequence)).await
     }
 
+    /// Publishes a worker's claim of a dispatch message on the message's event subject,
+    /// stored only if the subject's last event is still `expected_last_subject_sequence`
+    /// (0: none): of two workers handed the same delivery, one claim is stored.
+    ///
+    /// # Errors
+    /// [`PublishError`]; [`PublishError::is_wrong_last_sequence`] tells that another event
+    /// (another worker's claim) got there first.
+    #[instrument(level = "debug", skip_all, fields(%run, %task, dispatch_sequence), err(level = "debug"))]
+    pub async fn publish_claim(
+        &self,
+        run: &RunId,
+        task: &TaskId,
+        dispatch_sequence: u64,
+        claim: &Event,
+        expected_last_subject_sequence: u64,
+    ) -> Result<Published, PublishError> {
+        let subject = subjects::event_subject(run, EventScope::Batch(task, dispatch_sequence));
+        let msg_id = MsgId::for_event(run, claim);
+        let mut publish = PublishMessage::build()
+            .payload(encode(claim).into())
+            .message_id(msg_id.as_str())
+            .expected_last_subject_sequence(expected_last_subject_sequence);
+        publish = publish.expected_stream(subjects::event_stream(run));
+        let ack = self
+            .jetstream
+            .send_publish(subject.clone(), publish)
+            .await
+            .map_err(|source| PublishError::Send { subject: subject.clone(), source })?
+            .await
+            .map_err(|source| PublishError::Ack { subject, source })?;
+        Ok(Published { stream_sequence: ack.sequence, duplicate: ack.duplicate })
+    }
+
     /// The most bytes one message may carry on this server.
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload

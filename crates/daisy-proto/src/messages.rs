@@ -125,7 +125,9 @@ impl Event {
         match self {
             Event::RunStarted { epoch, .. } | Event::TaskAbandoned { epoch, .. } => Some(*epoch),
             Event::Outcomes(report) => report.leader_epoch,
-            Event::RetryRequested { .. } | Event::CancelRequested { .. } => None,
+            Event::RetryRequested { .. }
+            | Event::CancelRequested { .. }
+            | Event::BatchClaimed { .. } => None,
         }
     }
 }
@@ -294,6 +296,20 @@ pub enum Event {
     CancelRequested {
         /// Milliseconds since the Unix epoch, from the requester's clock.
         unix_ms: u64,
+    },
+    /// A worker took a dispatch message (one delivery of it) and is about to run the
+    /// blocks the record does not hold yet. Published on the message's own subject with the
+    /// subject's expected last sequence, so that of two workers handed the same delivery
+    /// (a server that restarted may hand a message out twice) only one runs it.
+    BatchClaimed {
+        /// The task (its id).
+        task: String,
+        /// The dispatch message's block-stream sequence.
+        dispatch_sequence: u64,
+        /// The delivery taken.
+        delivery: u64,
+        /// Who took it.
+        worker: WorkerId,
     },
 }
 

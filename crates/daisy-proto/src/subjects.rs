@@ -308,6 +308,9 @@ impl MsgId {
             Event::TaskAbandoned { task, epoch, .. } => {
                 MsgId(format!("{run}/{task}/abandoned/{epoch}"))
             }
+            Event::BatchClaimed { task, dispatch_sequence, delivery, worker } => {
+                MsgId(format!("{run}/{task}/d{dispatch_sequence}/{delivery}/claim/{worker}"))
+            }
             Event::RetryRequested { unix_ms } => MsgId(format!("{run}/run/retry/{unix_ms}")),
             Event::CancelRequested { unix_ms } => MsgId(format!("{run}/run/cancel/{unix_ms}")),
         }

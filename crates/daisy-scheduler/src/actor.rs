@@ -1,6 +1,6 @@
 //! The scheduler actor's loop. See the crate docs for the picture.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,8 @@ pub struct RunScheduler<T: SchedulerTransport> {
     /// Every batch in flight, by id: which attempt of a block is live, when a batch's
     /// message may go, what to reclaim.
     batches: HashMap<BatchId, InFlightBatch>,
+    /// Blocks handed back from a batch whose deliveries ran out: each is dispatched alone.
+    suspects: HashSet<BlockKey>,
 }
 
 impl<T: SchedulerTransport> RunScheduler<T> {
@@ -151,6 +153,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             stale_results: 0,
             epoch: 0,
             batches: HashMap::new(),
+            suspects: HashSet::new(),
         };
         for QueuedBatch { batch, dispatch } in found.in_flight {
             let Some(task) = actor.pipeline.task_index(&dispatch.task) else { continue };
@@ -368,8 +371,19 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 let mut blocks = Vec::with_capacity(size);
                 while blocks.len() < size {
                     let Some(acquired) = self.core.acquire(task, now) else { break };
-                    blocks
-                        .push(BlockWork { index: acquired.key.index.0, attempt: acquired.attempt });
+                    let work = BlockWork { index: acquired.key.index.0, attempt: acquired.attempt };
+                    // A block of a batch whose deliveries ran out goes alone, so that a
+                    // poison block fails by itself and its batch-mates do not.
+                    if self.suspects.contains(&acquired.key) {
+                        if blocks.is_empty() {
+                            self.suspects.remove(&acquired.key);
+                            blocks.push(work);
+                        } else {
+                            self.core.return_unstarted(acquired.key);
+                        }
+                        break;
+                    }
+                    blocks.push(work);
                 }
                 if blocks.is_empty() {
                     break; // ready blocks were all known-done and got skipped
@@ -449,14 +463,17 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         }
         for &index in &report.returned {
             let key = BlockKey { task, index: BlockIndex(index) };
-            let live = if batch_known {
-                let attempt = self.core.attempt(key);
-                self.take_from_batch(batch_id, index, attempt)
-            } else {
-                false
-            };
+            // The batch holds the block at the attempt it was dispatched with.
+            let attempt = self.batches.get(&batch_id).and_then(|batch| {
+                batch.blocks.iter().find(|block| block.index == index).map(|block| block.attempt)
+            });
+            let live = batch_known
+                && attempt.is_some_and(|attempt| self.take_from_batch(batch_id, index, attempt));
             if live && self.core.return_unstarted(key) {
                 debug!(task = %report.task, index, "block handed back unstarted");
+                if report.leader_epoch.is_some() {
+                    self.suspects.insert(key);
+                }
             }
         }
         if batch_known && self.batches.get(&batch_id).is_some_and(|batch| batch.blocks.is_empty()) {

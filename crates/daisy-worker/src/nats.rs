@@ -197,8 +197,10 @@ pub async fn run_nats_worker(
             .await
             .map_err(|e| nats_error("creating a block consumer", e))?;
         let heartbeat = (ack_wait / 3).clamp(Duration::from_millis(200), HEARTBEAT_INTERVAL);
+        let unsettled = Arc::new(Unsettled::default());
         // More slots than the task may use at once would only sit idle.
         for slot in 0..options.slots.max(1).min(spec.max_workers) {
+            let worker_id = WorkerId(format!("{}-{}-{slot}", options.name, spec.id));
             let transport = NatsWorkerTransport {
                 nats: nats.clone(),
                 streams: streams.clone(),
@@ -210,11 +212,13 @@ pub async fn run_nats_worker(
                 current: None,
                 heartbeat,
                 ack_wait,
+                worker: worker_id.clone(),
+                unsettled: unsettled.clone(),
             };
             let worker = WorkerSlot {
                 pipeline: pipeline.clone(),
                 task,
-                worker_id: WorkerId(format!("{}-{}-{slot}", options.name, spec.id)),
+                worker_id,
                 processor: factory(&pipeline, task, slot),
                 transport,
             };
@@ -413,6 +417,39 @@ struct NatsWorkerTransport {
     heartbeat: Duration,
     /// The consumer's AckWait.
     ack_wait: Duration,
+    /// The slot's worker id (claims name it).
+    worker: WorkerId,
+    /// Outcomes this worker's slots of the task published without a confirmation.
+    unsettled: Arc<Unsettled>,
+}
+
+/// Outcome events a worker published without a confirmation, per dispatch message: they may
+/// be stored or not. Before the worker reads the record of a redelivery it publishes them
+/// again (same message ids, so a stored one is not stored twice): then the record holds
+/// them for sure, and the blocks they name do not run again.
+#[derive(Default)]
+struct Unsettled {
+    events: std::sync::Mutex<std::collections::HashMap<u64, Vec<Event>>>,
+}
+
+impl Unsettled {
+    /// The most dispatch messages remembered (an old entry is dropped past it).
+    const CAPACITY: usize = 1024;
+
+    fn remember(&self, sequence: u64, events: Vec<Event>) {
+        let mut map = self.events.lock().expect("never poisoned: no panics inside");
+        if map.len() >= Self::CAPACITY
+            && let Some(&oldest) = map.keys().min()
+        {
+            map.remove(&oldest);
+        }
+        map.entry(sequence).or_default().extend(events);
+    }
+
+    fn take(&self, sequence: u64) -> Vec<Event> {
+        let mut map = self.events.lock().expect("never poisoned: no panics inside");
+        map.remove(&sequence).unwrap_or_default()
+    }
 }
 
 impl NatsWorkerTransport {
@@ -421,10 +458,12 @@ impl NatsWorkerTransport {
         now + self.ack_wait - self.ack_wait / 5
     }
 
-    /// Drops from a redelivered dispatch the blocks whose outcome an earlier delivery
-    /// recorded (or handed back): their effect happened, or the scheduler dispatched them
-    /// again. Returns `None` if the record cannot be read now (the batch is then left to be
-    /// redelivered, not run blind).
+    /// Drops from a dispatch the blocks whose outcome an earlier delivery recorded (or
+    /// handed back): their effect happened, or the scheduler dispatched them again. Then
+    /// claims the delivery in the record, so that of two workers handed the same delivery
+    /// (a nats-server that restarted may hand a message out twice) only one runs it.
+    /// Returns `None` if the batch is not this worker's to run now (another worker holds
+    /// it, or the record cannot be read): it is left to be redelivered, not run blind.
     async fn filter_recorded(
         &self,
         mut dispatch: Dispatch,
@@ -433,39 +472,103 @@ impl NatsWorkerTransport {
         acker: &BlockAcker,
     ) -> Option<Dispatch> {
         let mut delay = Duration::from_millis(100);
-        let mut tries = 0;
-        let recorded = loop {
-            match self.streams.recorded_outcomes(&self.task_id, sequence).await {
-                Ok(recorded) => break recorded,
-                Err(err) if tries < 5 => {
+        let mut failures = 0;
+        // An outcome this worker published while the server was away may still sit in the
+        // client's buffer (its acknowledgement failed, the bytes go out on reconnect): send
+        // it before reading the record, which would miss it otherwise.
+        if let Err(err) = self.nats.flush().await {
+            debug!(task = %self.task_id, error = %err, "could not flush before reading the record");
+        }
+        loop {
+            let record = match self.streams.batch_record(&self.task_id, sequence).await {
+                Ok(record) => record,
+                Err(err) if failures < 5 => {
                     debug!(task = %self.task_id, sequence, error = %err, "could not read the record of a batch, retrying");
-                    tries += 1;
+                    failures += 1;
+                    let _ = acker.progress().await;
+                    tokio::time::sleep(delay.min(self.heartbeat)).await;
+                    delay *= 2;
+                    continue;
+                }
+                Err(err) => {
+                    warn!(task = %self.task_id, sequence, error = %err, "could not read the record of a batch: leaving it for a redelivery");
+                    return None;
+                }
+            };
+            let done: HashSet<u64> = record
+                .reports
+                .iter()
+                .flat_map(|report| {
+                    report
+                        .results
+                        .iter()
+                        .map(|result| result.index)
+                        .chain(report.returned.iter().copied())
+                })
+                .collect();
+            let before = dispatch.blocks.len();
+            dispatch.blocks.retain(|block| !done.contains(&block.index));
+            if delivery > 1 || dispatch.blocks.len() < before {
+                info!(task = %self.task_id, sequence, recorded = before - dispatch.blocks.len(), to_run = dispatch.blocks.len(), "redelivered batch filtered against the record");
+            }
+            if dispatch.blocks.is_empty() {
+                return Some(dispatch);
+            }
+            // A claim of this delivery (or a later one) by another worker: it runs the rest.
+            if let Some((claimed, holder)) =
+                record.claims.iter().max_by_key(|(claimed, _)| *claimed)
+                && *claimed >= delivery
+                && *holder != self.worker
+            {
+                info!(task = %self.task_id, sequence, delivery, %holder, "batch held by another worker: leaving it to it");
+                return None;
+            }
+            // Outcomes this worker published without a confirmation: settle them first (they
+            // are true outcomes), then read the record again.
+            let unsettled = self.unsettled.take(sequence);
+            if !unsettled.is_empty() {
+                for event in &unsettled {
+                    let msg_id = MsgId::for_event(&self.run, event);
+                    let scope = EventScope::Batch(&self.task_id, sequence);
+                    if let Err(err) =
+                        self.nats.publish_event(&self.run, scope, event, &msg_id, None).await
+                    {
+                        warn!(task = %self.task_id, sequence, error = %err, "could not settle unconfirmed outcomes: leaving the batch for a redelivery");
+                        self.unsettled.remember(sequence, unsettled);
+                        return None;
+                    }
+                }
+                info!(task = %self.task_id, sequence, events = unsettled.len(), "unconfirmed outcomes of this worker settled before running a redelivery");
+                continue;
+            }
+            let claim = Event::BatchClaimed {
+                task: self.task_id.to_string(),
+                dispatch_sequence: sequence,
+                delivery,
+                worker: self.worker.clone(),
+            };
+            match self
+                .nats
+                .publish_claim(&self.run, &self.task_id, sequence, &claim, record.last_sequence)
+                .await
+            {
+                // A duplicate is this worker's own claim, stored by an earlier try.
+                Ok(_) => return Some(dispatch),
+                // Someone recorded or claimed in between: read again.
+                Err(err) if err.is_wrong_last_sequence() => continue,
+                Err(err) if failures < 5 => {
+                    debug!(task = %self.task_id, sequence, error = %err, "could not claim a batch, retrying");
+                    failures += 1;
                     let _ = acker.progress().await;
                     tokio::time::sleep(delay.min(self.heartbeat)).await;
                     delay *= 2;
                 }
                 Err(err) => {
-                    warn!(task = %self.task_id, sequence, error = %err, "could not read the record of a redelivered batch: leaving it for a redelivery");
+                    warn!(task = %self.task_id, sequence, error = %err, "could not claim a batch: leaving it for a redelivery");
                     return None;
                 }
             }
-        };
-        let done: HashSet<u64> = recorded
-            .iter()
-            .flat_map(|report| {
-                report
-                    .results
-                    .iter()
-                    .map(|result| result.index)
-                    .chain(report.returned.iter().copied())
-            })
-            .collect();
-        let before = dispatch.blocks.len();
-        dispatch.blocks.retain(|block| !done.contains(&block.index));
-        if delivery > 1 || dispatch.blocks.len() < before {
-            info!(task = %self.task_id, sequence, recorded = before - dispatch.blocks.len(), to_run = dispatch.blocks.len(), "redelivered batch filtered against the record");
         }
-        Some(dispatch)
     }
 
     /// Publishes one part of a report until it is stored, for up to [`RECORD_PATIENCE`].
@@ -599,7 +702,7 @@ impl WorkerTransport for NatsWorkerTransport {
                     }
                     dispatch = rest;
                     let traceparent = daisy_nats::trace::traceparent_of(message.headers.as_ref());
-                    debug!(task = %self.task_id, blocks = dispatch.blocks.len(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
+                    debug!(task = %self.task_id, sequence, delivery = message.delivered, blocks = ?dispatch.blocks.iter().map(|b| b.index).collect::<Vec<_>>(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
                     self.current = Some(CurrentBatch {
                         traceparent,
                         acker: message.acker,
@@ -637,10 +740,14 @@ impl WorkerTransport for NatsWorkerTransport {
         });
         // Room for the headers and the subject.
         let max_bytes = self.nats.max_payload().saturating_sub(4096).max(1024);
-        for part in split_report(report, max_bytes) {
-            let event = Event::Outcomes(part);
-            if !self.record(&event, headers.clone(), &current).await {
-                // Not acked: the batch is redelivered, and what was recorded is filtered out.
+        let parts: Vec<Event> =
+            split_report(report, max_bytes).into_iter().map(Event::Outcomes).collect();
+        for (number, event) in parts.iter().enumerate() {
+            if !self.record(event, headers.clone(), &current).await {
+                // Not acked: the batch is redelivered. The parts not confirmed may still be
+                // stored (an acknowledgement lost, a publish sent on reconnect): kept, to be
+                // settled before this worker reads the record of the redelivery.
+                self.unsettled.remember(current.sequence, parts[number..].to_vec());
                 return Ok(());
             }
         }

@@ -5,6 +5,7 @@
 //! record) and the message deleted. A transient failure asks for the advisory again later,
 //! so an exhausted message never stays behind for every later leader to wait on.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use daisy_proto::{
     BlockResult, Dispatch, Event, FailureKind, OutcomeKind, OutcomeReport, WorkerId,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::election::LeaseGuard;
 
@@ -113,7 +114,10 @@ async fn handle(
     }
 }
 
-/// Records the blocks of `dispatch` as failed for good; returns whether it was stored.
+/// Records what a dead letter means; returns whether it was stored. Blocks the record holds
+/// for this message are done with. One block left is the poison one: it fails for good.
+/// Several left are handed back, and the scheduler dispatches each alone, so that only a
+/// block that kills its workers by itself fails.
 async fn record_exhausted(
     nats: &Nats,
     streams: &RunStreams,
@@ -124,35 +128,57 @@ async fn record_exhausted(
     deliveries: u64,
 ) -> bool {
     let Some(task) = pipeline.task_index(&dispatch.task) else { return true };
-    let error = format!(
-        "the worker processing this block vanished {deliveries} times (killed or crashed mid-block); \
-         giving up on it as a poison block"
-    );
-    error!(task = %dispatch.task, blocks = dispatch.blocks.len(), deliveries, "poison batch: failing its blocks");
+    let task_id = &pipeline.task(task).spec.id;
+    let recorded = match streams.recorded_outcomes(task_id, sequence).await {
+        Ok(recorded) => recorded,
+        Err(err) => {
+            debug!(sequence, error = %err, "could not read the record of a dead letter");
+            return false;
+        }
+    };
+    let settled: HashSet<u64> = recorded
+        .iter()
+        .flat_map(|report| {
+            report.results.iter().map(|result| result.index).chain(report.returned.iter().copied())
+        })
+        .collect();
+    let unfinished: Vec<_> =
+        dispatch.blocks.iter().filter(|block| !settled.contains(&block.index)).collect();
+    let (results, returned) = match unfinished.as_slice() {
+        [] => return true,
+        [poison] => {
+            let error = format!(
+                "the worker processing this block vanished {deliveries} times (killed or crashed \
+                 mid-block); giving up on it as a poison block"
+            );
+            error!(task = %dispatch.task, index = poison.index, deliveries, "poison block: failing it");
+            let result = BlockResult {
+                index: poison.index,
+                attempt: poison.attempt,
+                outcome: OutcomeKind::Failed { kind: FailureKind::DeliveriesExhausted },
+                error: Some(error),
+                seconds: 0.0,
+            };
+            (vec![result], Vec::new())
+        }
+        several => {
+            warn!(task = %dispatch.task, blocks = several.len(), deliveries, "a batch ran out of deliveries: its unfinished blocks go again one at a time, to find the poison one");
+            (Vec::new(), several.iter().map(|block| block.index).collect())
+        }
+    };
     let report = OutcomeReport {
         task: dispatch.task.clone(),
         worker: WorkerId("scheduler-dead-letters".into()),
-        results: dispatch
-            .blocks
-            .iter()
-            .map(|block| BlockResult {
-                index: block.index,
-                attempt: block.attempt,
-                outcome: OutcomeKind::Failed { kind: FailureKind::DeliveriesExhausted },
-                error: Some(error.clone()),
-                seconds: 0.0,
-            })
-            .collect(),
+        results,
         worker_restarts: 0,
         epoch: dispatch.epoch,
         dispatch_sequence: sequence,
         delivery: deliveries,
         part: 0,
-        returned: Vec::new(),
+        returned,
         leader_epoch: Some(guard.epoch()),
     };
     let event = Event::Outcomes(report);
-    let task_id = &pipeline.task(task).spec.id;
     let msg_id = MsgId::for_event(streams.run(), &event);
     if guard.check().is_err() {
         return false;
@@ -161,7 +187,7 @@ async fn record_exhausted(
     match nats.publish_event(streams.run(), scope, &event, &msg_id, None).await {
         Ok(_) => true,
         Err(err) => {
-            error!(error = %err, "could not record a poison batch; trying again");
+            error!(error = %err, "could not record a dead letter; trying again");
             false
         }
     }

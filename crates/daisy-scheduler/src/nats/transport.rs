@@ -243,6 +243,7 @@ impl SchedulerTransport for NatsSchedulerTransport {
         let headers = daisy_nats::trace::traceparent_headers(&traceparent);
         let published = self.publish_dispatch(&task_id, &dispatch, &msg_id, Some(headers)).await?;
         self.last_block_sequence = self.last_block_sequence.max(published.stream_sequence);
+        debug!(task = %task_id, batch = published.stream_sequence, blocks = ?dispatch.blocks.iter().map(|b| b.index).collect::<Vec<_>>(), "batch dispatched");
         Ok(BatchId(published.stream_sequence))
     }
 
