@@ -230,8 +230,8 @@ impl BlockProcessor for NoProcessor {
     }
 }
 
-/// `err` and its sources, joined by `": "`.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// `err` and its sources, joined by `": "` (for an error text that names every cause).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut message = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -9,7 +9,7 @@ use daisy_core::{Fit, Pipeline, PipelineError, Roi, TaskId, TaskIndex, TaskSpec}
 use daisy_nats::ConnectOptions;
 use daisy_proto::{FailureKind, RunId};
 use daisy_scheduler::RunReport;
-use daisy_worker::factory::{NoProcessor, ProcessorFactory};
+use daisy_worker::factory::{NoProcessor, ProcessorFactory, error_chain};
 use daisy_worker::nats::NatsWorkerError;
 use daisy_worker::runner::{BlockProcessor, ProcessError, WorkBlock};
 use tokio_util::sync::CancellationToken;
@@ -267,17 +267,6 @@ impl BlockProcessor for ClosureProcessor {
         (self.process)(block)
             .map_err(|err| ProcessError { kind: FailureKind::Failed, message: error_chain(&*err) })
     }
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 /// Options of [`Runner`].

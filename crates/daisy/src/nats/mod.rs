@@ -294,7 +294,7 @@ impl NatsRun {
                 // Only the user ends a run: NATS failing (a server restarting, a leader
                 // election) means trying again, with a warning each time.
                 Err(err @ ReplicaError::Nats { .. }) => {
-                    warn!(error = %err, cause = %error_cause(&err), retry_in = ?retry_delay, "the scheduler replica could not go on; standing by again");
+                    warn!(error = %daisy_worker::factory::error_chain(&err), retry_in = ?retry_delay, "the scheduler replica could not go on; standing by again");
                     tokio::select! {
                         () = cancel.cancelled() => break Err(NatsRunError::Replica(err)),
                         () = tokio::time::sleep(retry_delay) => {}
@@ -324,12 +324,3 @@ impl NatsRun {
 const RETRY_DELAY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
 /// The longest wait between two tries of a replica that keeps failing on NATS.
 const RETRY_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The innermost cause of an error, for a log line.
-fn error_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = err;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
-}
