@@ -523,24 +523,6 @@ impl NatsWorkerTransport {
                 info!(task = %self.task_id, sequence, delivery, %holder, "batch held by another worker: leaving it to it");
                 return None;
             }
-            // Outcomes this worker published without a confirmation: settle them first (they
-            // are true outcomes), then read the record again.
-            let unsettled = self.unsettled.take(sequence);
-            if !unsettled.is_empty() {
-                for event in &unsettled {
-                    let msg_id = MsgId::for_event(&self.run, event);
-                    let scope = EventScope::Batch(&self.task_id, sequence);
-                    if let Err(err) =
-                        self.nats.publish_event(&self.run, scope, event, &msg_id, None).await
-                    {
-                        warn!(task = %self.task_id, sequence, error = %err, "could not settle unconfirmed outcomes: leaving the batch for a redelivery");
-                        self.unsettled.remember(sequence, unsettled);
-                        return None;
-                    }
-                }
-                info!(task = %self.task_id, sequence, events = unsettled.len(), "unconfirmed outcomes of this worker settled before running a redelivery");
-                continue;
-            }
             let claim = Event::BatchClaimed {
                 task: self.task_id.to_string(),
                 dispatch_sequence: sequence,
@@ -553,7 +535,7 @@ impl NatsWorkerTransport {
                 .await
             {
                 // A duplicate is this worker's own claim, stored by an earlier try.
-                Ok(_) => return Some(dispatch),
+                Ok(_) => return self.settle_unconfirmed(dispatch, sequence).await,
                 // Someone recorded or claimed in between: read again.
                 Err(err) if err.is_wrong_last_sequence() => continue,
                 Err(err) if failures < 5 => {
@@ -569,6 +551,35 @@ impl NatsWorkerTransport {
                 }
             }
         }
+    }
+
+    /// Publishes again, once this worker holds the claim of `sequence`, the outcomes it
+    /// published for it without a confirmation (same message ids: a stored one is not
+    /// stored twice), and drops their blocks from `dispatch`: they ran, and their outcomes
+    /// are recorded now. Returns `None` (leave the batch) if they cannot be stored now.
+    async fn settle_unconfirmed(&self, mut dispatch: Dispatch, sequence: u64) -> Option<Dispatch> {
+        let unsettled = self.unsettled.take(sequence);
+        if unsettled.is_empty() {
+            return Some(dispatch);
+        }
+        let mut settled = HashSet::new();
+        for event in &unsettled {
+            let msg_id = MsgId::for_event(&self.run, event);
+            let scope = EventScope::Batch(&self.task_id, sequence);
+            if let Err(err) = self.nats.publish_event(&self.run, scope, event, &msg_id, None).await
+            {
+                warn!(task = %self.task_id, sequence, error = %err, "could not settle unconfirmed outcomes: leaving the batch for a redelivery");
+                self.unsettled.remember(sequence, unsettled);
+                return None;
+            }
+            if let Event::Outcomes(report) = event {
+                settled.extend(report.results.iter().map(|result| result.index));
+                settled.extend(report.returned.iter().copied());
+            }
+        }
+        dispatch.blocks.retain(|block| !settled.contains(&block.index));
+        info!(task = %self.task_id, sequence, events = unsettled.len(), to_run = dispatch.blocks.len(), "unconfirmed outcomes of this worker settled before running a redelivery");
+        Some(dispatch)
     }
 
     /// Publishes one part of a report until it is stored, for up to [`RECORD_PATIENCE`].
@@ -700,6 +711,11 @@ impl WorkerTransport for NatsWorkerTransport {
                         }
                         continue;
                     }
+                    if tokio::time::Instant::now() >= self.held_from(fetched_at) {
+                        // Reading and claiming took longer than the delivery is surely ours.
+                        warn!(task = %self.task_id, sequence, "the batch's delivery lapsed before it started: leaving it for a redelivery");
+                        continue;
+                    }
                     dispatch = rest;
                     let traceparent = daisy_nats::trace::traceparent_of(message.headers.as_ref());
                     debug!(task = %self.task_id, sequence, delivery = message.delivered, blocks = ?dispatch.blocks.iter().map(|b| b.index).collect::<Vec<_>>(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
@@ -765,7 +781,13 @@ impl WorkerTransport for NatsWorkerTransport {
         if let Some(current) = &mut self.current {
             match current.acker.progress().await {
                 // Confirmed by the server: the delivery is ours for another AckWait.
-                Ok(()) => current.held_until = current.held_until.max(held_from),
+                // A hold that lapsed is never revived: the server may have handed the
+                // batch to another worker, and a confirmed heartbeat does not say whose
+                // delivery it renewed.
+                Ok(()) if now < current.held_until => {
+                    current.held_until = current.held_until.max(held_from);
+                }
+                Ok(()) => {}
                 Err(err) => debug!(task = %self.task_id, error = %err, "heartbeat failed"),
             }
         }
