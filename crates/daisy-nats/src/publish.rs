@@ -153,6 +153,28 @@ impl Nats {
         Ok(Published { stream_sequence: ack.sequence, duplicate: ack.duplicate })
     }
 
+    /// [`Nats::publish_event`], stored only if the last event on its subject is still
+    /// `expected_last_subject_sequence`: a worker records the outcomes of a batch only while
+    /// nobody else claimed it since its own claim (or its own previous part).
+    ///
+    /// # Errors
+    /// [`PublishError`]; [`PublishError::is_wrong_last_sequence`] tells that another event
+    /// got there first (or that a retried copy was stored already).
+    #[instrument(level = "debug", skip_all, fields(%run, %msg_id), err(level = "debug"))]
+    pub async fn publish_event_fenced(
+        &self,
+        run: &RunId,
+        scope: EventScope<'_>,
+        event: &Event,
+        msg_id: &MsgId,
+        headers: Option<HeaderMap>,
+        expected_last_subject_sequence: u64,
+    ) -> Result<Published, PublishError> {
+        let subject = subjects::event_subject(run, scope);
+        let expected = Some(expected_last_subject_sequence);
+        self.publish_expecting(subject, encode(event), Some(msg_id), headers, None, expected).await
+    }
+
     /// The most bytes one message may carry on this server.
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload
@@ -197,6 +219,21 @@ impl Nats {
         headers: Option<HeaderMap>,
         expected_last_sequence: Option<u64>,
     ) -> Result<Published, PublishError> {
+        self.publish_expecting(subject, payload, msg_id, headers, expected_last_sequence, None)
+            .await
+    }
+
+    /// Publishes raw bytes with optional expectations on the stream's or the subject's last
+    /// sequence, and awaits the PubAck.
+    async fn publish_expecting(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+        msg_id: Option<&MsgId>,
+        headers: Option<HeaderMap>,
+        expected_last_sequence: Option<u64>,
+        expected_last_subject_sequence: Option<u64>,
+    ) -> Result<Published, PublishError> {
         let mut publish = PublishMessage::build().payload(payload.into());
         if let Some(headers) = headers {
             publish = publish.headers(headers);
@@ -206,6 +243,9 @@ impl Nats {
         }
         if let Some(sequence) = expected_last_sequence {
             publish = publish.expected_last_sequence(sequence);
+        }
+        if let Some(sequence) = expected_last_subject_sequence {
+            publish = publish.expected_last_subject_sequence(sequence);
         }
         let msg_id = msg_id.map_or("-", MsgId::as_str);
         let ack_future = match self.jetstream.send_publish(subject.clone(), publish).await {

@@ -402,7 +402,21 @@ struct CurrentBatch {
     /// fetch) plus AckWait, less a margin. After it, JetStream may have handed the batch to
     /// another worker.
     held_until: tokio::time::Instant,
+    /// The event-stream sequence of the last event this worker stored on the batch's
+    /// subject (its claim, then its outcome parts): the next part expects it, so nothing is
+    /// recorded once another worker claimed the batch.
+    last_subject_sequence: u64,
     _permit: OwnedSemaphorePermit,
+}
+
+/// What became of one outcome part.
+enum Recorded {
+    /// Stored.
+    Stored,
+    /// Not stored, maybe: kept to be settled before a redelivery is read.
+    Unconfirmed,
+    /// Refused: another worker claimed the batch since (or a retried copy was stored).
+    Refused,
 }
 
 struct NatsWorkerTransport {
@@ -470,7 +484,7 @@ impl NatsWorkerTransport {
         sequence: u64,
         delivery: u64,
         acker: &BlockAcker,
-    ) -> Option<Dispatch> {
+    ) -> Option<(Dispatch, u64)> {
         let mut delay = Duration::from_millis(100);
         let mut failures = 0;
         // An outcome this worker published while the server was away may still sit in the
@@ -512,7 +526,7 @@ impl NatsWorkerTransport {
                 info!(task = %self.task_id, sequence, recorded = before - dispatch.blocks.len(), to_run = dispatch.blocks.len(), "redelivered batch filtered against the record");
             }
             if dispatch.blocks.is_empty() {
-                return Some(dispatch);
+                return Some((dispatch, record.last_sequence));
             }
             // A claim of this delivery (or a later one) by another worker: it runs the rest.
             if let Some((claimed, holder)) =
@@ -535,7 +549,11 @@ impl NatsWorkerTransport {
                 .await
             {
                 // A duplicate is this worker's own claim, stored by an earlier try.
-                Ok(_) => return self.settle_unconfirmed(dispatch, sequence).await,
+                Ok(claimed) => {
+                    return self
+                        .settle_unconfirmed(dispatch, sequence, claimed.stream_sequence)
+                        .await;
+                }
                 // Someone recorded or claimed in between: read again.
                 Err(err) if err.is_wrong_last_sequence() => continue,
                 Err(err) if failures < 5 => {
@@ -557,20 +575,30 @@ impl NatsWorkerTransport {
     /// published for it without a confirmation (same message ids: a stored one is not
     /// stored twice), and drops their blocks from `dispatch`: they ran, and their outcomes
     /// are recorded now. Returns `None` (leave the batch) if they cannot be stored now.
-    async fn settle_unconfirmed(&self, mut dispatch: Dispatch, sequence: u64) -> Option<Dispatch> {
+    async fn settle_unconfirmed(
+        &self,
+        mut dispatch: Dispatch,
+        sequence: u64,
+        claimed_at: u64,
+    ) -> Option<(Dispatch, u64)> {
         let unsettled = self.unsettled.take(sequence);
         if unsettled.is_empty() {
-            return Some(dispatch);
+            return Some((dispatch, claimed_at));
         }
+        let mut last_subject_sequence = claimed_at;
         let mut settled = HashSet::new();
         for event in &unsettled {
             let msg_id = MsgId::for_event(&self.run, event);
             let scope = EventScope::Batch(&self.task_id, sequence);
-            if let Err(err) = self.nats.publish_event(&self.run, scope, event, &msg_id, None).await
-            {
-                warn!(task = %self.task_id, sequence, error = %err, "could not settle unconfirmed outcomes: leaving the batch for a redelivery");
-                self.unsettled.remember(sequence, unsettled);
-                return None;
+            match self.nats.publish_event(&self.run, scope, event, &msg_id, None).await {
+                Ok(published) => {
+                    last_subject_sequence = last_subject_sequence.max(published.stream_sequence);
+                }
+                Err(err) => {
+                    warn!(task = %self.task_id, sequence, error = %err, "could not settle unconfirmed outcomes: leaving the batch for a redelivery");
+                    self.unsettled.remember(sequence, unsettled);
+                    return None;
+                }
             }
             if let Event::Outcomes(report) = event {
                 settled.extend(report.results.iter().map(|result| result.index));
@@ -579,7 +607,7 @@ impl NatsWorkerTransport {
         }
         dispatch.blocks.retain(|block| !settled.contains(&block.index));
         info!(task = %self.task_id, sequence, events = unsettled.len(), to_run = dispatch.blocks.len(), "unconfirmed outcomes of this worker settled before running a redelivery");
-        Some(dispatch)
+        Some((dispatch, last_subject_sequence))
     }
 
     /// Publishes one part of a report until it is stored, for up to [`RECORD_PATIENCE`].
@@ -587,34 +615,44 @@ impl NatsWorkerTransport {
         &self,
         event: &Event,
         headers: Option<daisy_nats::HeaderMap>,
-        current: &CurrentBatch,
-    ) -> bool {
+        current: &mut CurrentBatch,
+    ) -> Recorded {
         let sequence = current.sequence;
         let msg_id = MsgId::for_event(&self.run, event);
-        let scope = if sequence > 0 {
-            EventScope::Batch(&self.task_id, sequence)
-        } else {
-            EventScope::Task(&self.task_id)
-        };
+        let scope = EventScope::Batch(&self.task_id, sequence);
         let mut delay = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
         loop {
-            match self.nats.publish_event(&self.run, scope, event, &msg_id, headers.clone()).await {
-                Ok(_) => return true,
+            if tokio::time::Instant::now() >= current.held_until {
+                warn!(task = %self.task_id, sequence, "the batch's delivery lapsed while recording: the rest is not recorded");
+                return Recorded::Unconfirmed;
+            }
+            let expected = current.last_subject_sequence;
+            let published = self
+                .nats
+                .publish_event_fenced(&self.run, scope, event, &msg_id, headers.clone(), expected)
+                .await;
+            match published {
+                Ok(published) => {
+                    current.last_subject_sequence = published.stream_sequence;
+                    return Recorded::Stored;
+                }
+                Err(err) if err.is_wrong_last_sequence() => {
+                    // Another worker claimed the batch since, or an earlier try of this part
+                    // was stored after all: either way the record speaks for it now.
+                    warn!(task = %self.task_id, sequence, "the batch's record moved on: the rest of its outcomes is not recorded");
+                    return Recorded::Refused;
+                }
                 Err(err) if tokio::time::Instant::now() < deadline && !err.is_too_large() => {
                     warn!(task = %self.task_id, error = %err, "recording outcomes failed, retrying");
                     // Keep the delivery: a worker that lost it must not record.
                     let _ = current.acker.progress().await;
                     tokio::time::sleep(delay).await;
-                    if tokio::time::Instant::now() >= current.held_until {
-                        warn!(task = %self.task_id, sequence, "the batch's delivery lapsed while recording: the rest is not recorded");
-                        return false;
-                    }
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(err) => {
                     error!(task = %self.task_id, error = %err, "could not record outcomes: the batch will be redelivered");
-                    return false;
+                    return Recorded::Unconfirmed;
                 }
             }
         }
@@ -699,7 +737,7 @@ impl WorkerTransport for NatsWorkerTransport {
                     }
                     // Every delivery, not only redeliveries: a server killed hard may count
                     // a redelivery as the first.
-                    let Some(rest) = self
+                    let Some((rest, last_subject_sequence)) = self
                         .filter_recorded(dispatch, sequence, message.delivered, &message.acker)
                         .await
                     else {
@@ -725,6 +763,7 @@ impl WorkerTransport for NatsWorkerTransport {
                         sequence,
                         delivery: message.delivered,
                         held_until: self.held_from(fetched_at),
+                        last_subject_sequence,
                         _permit: permit,
                     });
                     return Some(dispatch);
@@ -742,7 +781,7 @@ impl WorkerTransport for NatsWorkerTransport {
     /// blocks not started were handed back in the report, so the batch is done with either
     /// way and never nak'ed (a nak would charge a delivery for a graceful stop).
     async fn report(&mut self, mut report: OutcomeReport) -> Result<(), WorkerTransportError> {
-        let Some(current) = self.current.take() else { return Ok(()) };
+        let Some(mut current) = self.current.take() else { return Ok(()) };
         if tokio::time::Instant::now() >= current.held_until {
             // Another worker may be running these blocks now: recording them (or handing
             // some back) could let the leader move on while that worker still runs them.
@@ -759,12 +798,16 @@ impl WorkerTransport for NatsWorkerTransport {
         let parts: Vec<Event> =
             split_report(report, max_bytes).into_iter().map(Event::Outcomes).collect();
         for (number, event) in parts.iter().enumerate() {
-            if !self.record(event, headers.clone(), &current).await {
+            match self.record(event, headers.clone(), &mut current).await {
+                Recorded::Stored => {}
                 // Not acked: the batch is redelivered. The parts not confirmed may still be
                 // stored (an acknowledgement lost, a publish sent on reconnect): kept, to be
                 // settled before this worker reads the record of the redelivery.
-                self.unsettled.remember(current.sequence, parts[number..].to_vec());
-                return Ok(());
+                Recorded::Unconfirmed => {
+                    self.unsettled.remember(current.sequence, parts[number..].to_vec());
+                    return Ok(());
+                }
+                Recorded::Refused => return Ok(()),
             }
         }
         daisy_nats::fault::STOP_AFTER_RECORD.pass();
