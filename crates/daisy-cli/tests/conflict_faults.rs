@@ -426,6 +426,24 @@ fn assert_deposed_wrote_nothing(run: &ConflictRun, deposed: &mut Proc, epoch: u6
     assert_nothing_written_by_deposed(&run.events(), epoch);
 }
 
+/// `first` (the leader of `first_epoch`, resumed after `second` took over) stands by again;
+/// `second` finishes the run correctly, the deposed leader wrote nothing that took effect,
+/// and the workers exit 0.
+fn finish_after_deposing(
+    run: &ConflictRun,
+    first: &mut Proc,
+    second: &mut Proc,
+    workers: &mut [Proc],
+    first_epoch: u64,
+) {
+    wait_until_deposed(first);
+    run.assert_finished(second, false);
+    assert_deposed_wrote_nothing(run, first, first_epoch);
+    for worker in workers {
+        assert_eq!(worker.wait(RUN_DEADLINE), Some(0), "{}", worker.describe());
+    }
+}
+
 #[test]
 fn a_leader_paused_for_three_lease_ttls_is_fenced_and_the_run_finishes_correctly() {
     // Long enough (~2300 blocks) that the standby still has work after the pause.
@@ -443,13 +461,7 @@ fn a_leader_paused_for_three_lease_ttls_is_fenced_and_the_run_finishes_correctly
     });
     assert!(!second.exited() && run.ended() < run.num_blocks(), "work remains after the pause");
     first.signal("CONT");
-    wait_until_deposed(&mut first);
-
-    run.assert_finished(&mut second, false);
-    assert_deposed_wrote_nothing(&run, &mut first, first_epoch);
-    for worker in &mut workers {
-        assert_eq!(worker.wait(RUN_DEADLINE), Some(0), "{}", worker.describe());
-    }
+    finish_after_deposing(&run, &mut first, &mut second, &mut workers, first_epoch);
 }
 
 #[test]
@@ -464,13 +476,7 @@ fn a_dispatch_of_a_leader_deposed_while_publishing_is_refused() {
     assert!(!second.exited() && run.ended() < run.num_blocks(), "work remains");
     // The stopped leader publishes the dispatch it was about to: refused.
     first.signal("CONT");
-    wait_until_deposed(&mut first);
-
-    run.assert_finished(&mut second, false);
-    assert_deposed_wrote_nothing(&run, &mut first, first_epoch);
-    for worker in &mut workers {
-        assert_eq!(worker.wait(RUN_DEADLINE), Some(0), "{}", worker.describe());
-    }
+    finish_after_deposing(&run, &mut first, &mut second, &mut workers, first_epoch);
 }
 
 #[test]

@@ -581,22 +581,6 @@ impl RunStreams {
         Ok(purged.purged)
     }
 
-    /// The first and last sequence of the messages in the block stream
-    /// (`None` when it is empty): a scheduler taking over reads what is
-    /// still queued between them.
-    ///
-    /// # Errors
-    /// [`StreamInfoError`] if the stream state cannot be read.
-    #[instrument(level = "debug", skip_all, fields(run = %self.run), err)]
-    pub async fn block_sequences(&self) -> Result<Option<(u64, u64)>, StreamInfoError> {
-        let info = self.blocks.get_info().await.map_err(|source| StreamInfoError {
-            stream: subjects::block_stream(&self.run),
-            source,
-        })?;
-        Ok((info.state.messages > 0)
-            .then_some((info.state.first_sequence, info.state.last_sequence)))
-    }
-
     /// The block stream's message count and sequences: a leader taking over reads what is
     /// queued between the first and last, and fences from the last.
     ///

@@ -79,7 +79,7 @@ impl Nats {
         headers: Option<HeaderMap>,
     ) -> Result<Published, PublishError> {
         let subject = subjects::block_subject(run, task);
-        self.publish_with(subject, encode(dispatch), Some(msg_id), headers, None).await
+        self.publish_expecting(subject, encode(dispatch), Some(msg_id), headers, None, None).await
     }
 
     /// [`Nats::publish_dispatch`], stored only if the block stream's last message is
@@ -100,7 +100,8 @@ impl Nats {
     ) -> Result<Published, PublishError> {
         let subject = subjects::block_subject(run, task);
         let expected = Some(expected_last_sequence);
-        self.publish_with(subject, encode(dispatch), Some(msg_id), headers, expected).await
+        self.publish_expecting(subject, encode(dispatch), Some(msg_id), headers, expected, None)
+            .await
     }
 
     /// Publishes the fence marker of a new leader of `epoch` in the block stream, stored only
@@ -117,7 +118,8 @@ impl Nats {
         expected_last_sequence: u64,
     ) -> Result<Published, PublishError> {
         let subject = subjects::fence_subject(run, epoch);
-        self.publish_with(subject, Vec::new(), None, None, Some(expected_last_sequence)).await
+        let expected = Some(expected_last_sequence);
+        self.publish_expecting(subject, Vec::new(), None, None, expected, None).await
     }
 
     /// Publishes a worker's claim of a dispatch message on the message's event subject,
@@ -136,21 +138,10 @@ impl Nats {
         claim: &Event,
         expected_last_subject_sequence: u64,
     ) -> Result<Published, PublishError> {
-        let subject = subjects::event_subject(run, EventScope::Batch(task, dispatch_sequence));
+        let scope = EventScope::Batch(task, dispatch_sequence);
         let msg_id = MsgId::for_event(run, claim);
-        let mut publish = PublishMessage::build()
-            .payload(encode(claim).into())
-            .message_id(msg_id.as_str())
-            .expected_last_subject_sequence(expected_last_subject_sequence);
-        publish = publish.expected_stream(subjects::event_stream(run));
-        let ack = self
-            .jetstream
-            .send_publish(subject.clone(), publish)
+        self.publish_event_fenced(run, scope, claim, &msg_id, None, expected_last_subject_sequence)
             .await
-            .map_err(|source| PublishError::Send { subject: subject.clone(), source })?
-            .await
-            .map_err(|source| PublishError::Ack { subject, source })?;
-        Ok(Published { stream_sequence: ack.sequence, duplicate: ack.duplicate })
     }
 
     /// [`Nats::publish_event`], stored only if the last event on its subject is still
@@ -195,32 +186,8 @@ impl Nats {
         msg_id: &MsgId,
         headers: Option<HeaderMap>,
     ) -> Result<Published, PublishError> {
-        self.publish_encoded(subjects::event_subject(run, scope), encode(event), msg_id, headers)
-            .await
-    }
-
-    /// Publishes raw bytes with a message id and awaits the PubAck.
-    async fn publish_encoded(
-        &self,
-        subject: String,
-        payload: Vec<u8>,
-        msg_id: &MsgId,
-        headers: Option<HeaderMap>,
-    ) -> Result<Published, PublishError> {
-        self.publish_with(subject, payload, Some(msg_id), headers, None).await
-    }
-
-    /// Publishes raw bytes and awaits the PubAck.
-    async fn publish_with(
-        &self,
-        subject: String,
-        payload: Vec<u8>,
-        msg_id: Option<&MsgId>,
-        headers: Option<HeaderMap>,
-        expected_last_sequence: Option<u64>,
-    ) -> Result<Published, PublishError> {
-        self.publish_expecting(subject, payload, msg_id, headers, expected_last_sequence, None)
-            .await
+        let subject = subjects::event_subject(run, scope);
+        self.publish_expecting(subject, encode(event), Some(msg_id), headers, None, None).await
     }
 
     /// Publishes raw bytes with optional expectations on the stream's or the subject's last

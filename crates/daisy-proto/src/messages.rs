@@ -244,13 +244,6 @@ pub struct OutcomeReport {
     pub leader_epoch: Option<u64>,
 }
 
-impl OutcomeReport {
-    /// The lease epoch of the scheduler that wrote this event, if a scheduler did.
-    pub fn written_by_leader(&self) -> Option<u64> {
-        self.leader_epoch
-    }
-}
-
 /// What is recorded about a run, in order: the journal of an in-process
 /// run and the event stream of a NATS run hold these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -101,12 +101,12 @@ fn margin(ttl: Duration) -> Duration {
 
 /// Polls for the lease until it is ours (or the replica is cancelled, or the run is
 /// cancelled while it stands by). Returns the lease, its guard (valid from the moment the
-/// acquisition was sent) and the task that keeps it renewed.
+/// acquisition was sent) and the TTL the guard assumes (see [`lease_ttl`]).
 pub(super) async fn stand_by(
     streams: &RunStreams,
     options: &ReplicaOptions,
     cancel: &CancellationToken,
-) -> Option<(Lease, LeaseGuard)> {
+) -> Option<(Lease, LeaseGuard, Duration)> {
     let ttl = lease_ttl(streams, options).await;
     let poll = (ttl / 4).max(Duration::from_millis(100));
     let mut announced = false;
@@ -133,7 +133,7 @@ pub(super) async fn stand_by(
                     return None;
                 }
                 let guard = LeaseGuard::new(lease.epoch(), sent + ttl - margin(ttl));
-                return Some((lease, guard));
+                return Some((lease, guard, ttl));
             }
             Err(AcquireError::Held { holder }) => {
                 if !announced {
@@ -155,7 +155,7 @@ pub(super) async fn stand_by(
 
 /// The lease TTL this replica must assume: its own, or the bucket's if shorter (a bucket
 /// made by an earlier replica keeps the TTL it was made with).
-pub(super) async fn lease_ttl(streams: &RunStreams, options: &ReplicaOptions) -> Duration {
+async fn lease_ttl(streams: &RunStreams, options: &ReplicaOptions) -> Duration {
     let configured = options.settings.lease_ttl;
     match daisy_nats::lease_bucket_ttl(streams).await {
         Some(bucket) if bucket < configured => {

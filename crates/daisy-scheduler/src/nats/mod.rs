@@ -172,7 +172,7 @@ pub async fn run_replica(
         .map_err(|e| ReplicaError::nats("provisioning the run's streams", e))?;
     let spec_differs = status::check_spec(&streams, &options).await?;
 
-    let Some((lease, guard)) = stand_by(&streams, &options, &cancel).await else {
+    let Some((lease, guard, lease_ttl)) = stand_by(&streams, &options, &cancel).await else {
         return Ok(RunReport { interrupted: true, ..RunReport::default() });
     };
     let epoch = guard.epoch();
@@ -182,7 +182,6 @@ pub async fn run_replica(
     // Helpers stop with the replica, also when its future is dropped.
     let _stop_on_drop = stop.clone().drop_guard();
     let mut helpers = JoinSet::new();
-    let lease_ttl = election::lease_ttl(&streams, &options).await;
     let lease_keeper = tokio::spawn(keep_lease(lease, lease_ttl, guard.clone(), stop.clone()));
 
     let takeover = async {
