@@ -3,13 +3,29 @@
 //!
 //! `daisy`: plan and run blockwise pipelines over huge nD volumes.
 //!
-//! Exit codes: 0 when every block succeeded or was skipped, 1 when blocks
-//! failed (or the run could not finish), 2 for bad input (a pipeline file
-//! that does not parse or validate, bad arguments).
+//! Exit codes, one rule for every command of the three binaries
+//! ([`EXIT_CODES`]): 0 done, 1 blocks failed (or the run could not finish),
+//! 2 bad input, 3 the NATS server cannot be reached or started.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// The exit-code rule of every command of the three binaries, for their
+/// `--help` (a macro: `concat!` takes literals only). Scripts depend on it:
+/// `tests/local.rs` checks each code.
+macro_rules! exit_codes_help {
+    () => {
+        "Exit codes (the same rule for every daisy, daisy-scheduler and daisy-worker command):
+  0  done: every block succeeded or was skipped, or the command did what it was asked
+  1  blocks failed or were orphaned (daisy status: the run has such blocks), or the run
+     was interrupted or could not go on
+  2  bad input: pipeline file, arguments, unknown run, a run directory in use, a changed
+     layout, a request that does not apply (retry of an unfinished run, ...)
+  3  the NATS server cannot be reached (or the embedded one cannot be started)
+  130  a second Ctrl-C quit at once"
+    };
+}
 
 mod commands;
 mod foreground;
@@ -25,8 +41,10 @@ pub use commands::replica::scheduler_main;
 pub use commands::worker::worker_main;
 
 use input::BadInput;
+use nats_args::Unreachable;
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy plan pipeline.toml                 how many blocks, levels and root blocks per task
   daisy plan pipeline.toml --json --blocks every block: id, level, ROIs, upstream blocks
@@ -38,11 +56,15 @@ Examples:
   daisy retry RUN                          re-drive the failed and orphaned blocks of a finished run
   daisy cancel RUN                         stop a running run; a new scheduler resumes it
 
-status, runs, retry and cancel talk to --nats URL (default: $NATS_URL, then the embedded server
-of ./.daisy, which `daisy run` starts).
+run, status, runs, retry and cancel use --nats URL, else $NATS_URL, else the embedded server of
+./.daisy (--state-dir): `daisy run` starts it, and after the run ended status, runs, retry and
+cancel start it on the same store for as long as they take.
 
-Exit codes: 0 all blocks done, 1 some blocks failed (or the run was interrupted), 2 bad input.
-The pipeline file format is described in the README (\"The pipeline file\").";
+",
+    exit_codes_help!(),
+    "
+The pipeline file format is described in the README (\"The pipeline file\")."
+);
 
 /// Plan and run blockwise pipelines over huge nD volumes (a Rust Daisy).
 #[derive(Debug, Parser)]
@@ -80,6 +102,13 @@ pub fn daisy_main() -> ExitCode {
     exit_code(result)
 }
 
+/// Exit code 1: blocks failed or were orphaned, or the run could not finish.
+pub(crate) const EXIT_FAILED: u8 = 1;
+/// Exit code 2: bad input.
+pub(crate) const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code 3: the NATS server cannot be reached or started.
+pub(crate) const EXIT_UNREACHABLE: u8 = 3;
+
 /// Prints an error and maps it to the documented exit code.
 pub(crate) fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
@@ -87,9 +116,11 @@ pub(crate) fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
         Err(err) => {
             eprintln!("error: {err:#}");
             if err.downcast_ref::<BadInput>().is_some() {
-                ExitCode::from(2)
+                ExitCode::from(EXIT_BAD_INPUT)
+            } else if err.downcast_ref::<Unreachable>().is_some() {
+                ExitCode::from(EXIT_UNREACHABLE)
             } else {
-                ExitCode::from(1)
+                ExitCode::from(EXIT_FAILED)
             }
         }
     }

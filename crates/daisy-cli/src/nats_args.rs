@@ -1,14 +1,17 @@
 //! The NATS connection options every NATS-speaking command takes.
 //!
 //! Precedence: a flag beats its environment variable; without `--nats` and
-//! `NATS_URL`, commands use the embedded server that `daisy run` started
-//! for the current directory (its URL is in `.daisy/nats/url`).
+//! `NATS_URL`, commands use the embedded server of the current directory's
+//! `daisy run`: the live one while it runs (its URL is in `.daisy/nats/url`
+//! only then), else, for the operator commands, one started on its store
+//! for the command ([`crate::operator`]).
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use daisy::nats::embedded::EMBEDDED_URL_FILE;
-use daisy_nats::{ConnectOptions, Nats};
+use daisy::nats::embedded::local_server;
+use daisy::run_lock::LockHolder;
+use daisy_nats::{ConnectError, ConnectOptions, Nats};
 
 use crate::input::BadInput;
 
@@ -59,28 +62,54 @@ impl NatsArgs {
         }
     }
 
-    /// The URL to use: the flag or `NATS_URL`, else the embedded server of
-    /// `state_dir`.
-    pub fn resolve_url(&self, state_dir: &Path) -> Result<String, BadInput> {
+    /// The URL to use: the flag or `NATS_URL`, else the server of the
+    /// `daisy run` running in `state_dir` now (a scheduler or worker joins a
+    /// live run; it never starts a server of its own).
+    pub fn resolve_url(&self, state_dir: &Path, command: &str) -> Result<String, BadInput> {
         if let Some(url) = &self.url {
             return Ok(url.clone());
         }
-        let file = state_dir.join(EMBEDDED_URL_FILE);
-        match std::fs::read_to_string(&file) {
-            Ok(url) if !url.trim().is_empty() => Ok(url.trim().to_owned()),
-            _ => Err(BadInput(format!(
-                "no NATS server given: pass --nats nats://host:4222 or set NATS_URL (no embedded \
-                 server URL in {})",
-                file.display()
+        let holder = LockHolder::this_process(command, "joining the run");
+        match local_server(state_dir, &holder, false) {
+            Ok(server) => Ok(server.url().to_owned()),
+            Err(err) => Err(BadInput(format!(
+                "no NATS server given: pass --nats nats://host:4222 or set NATS_URL ({})",
+                error_chain(&err)
             ))),
         }
     }
 
-    /// Connects, with errors that say what to check.
+    /// Connects, with errors that say what to check: a server that cannot
+    /// be reached is [`Unreachable`] (exit code 3), refused credentials are
+    /// [`BadInput`].
     pub async fn connect(&self, url: String, name: &str) -> anyhow::Result<Nats> {
         let options = self.options(url.clone(), name);
-        daisy_nats::connect(&options)
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot connect to NATS at {url}: {err}"))
+        daisy_nats::connect(&options).await.map_err(|err| connect_error(&url, err))
     }
+}
+
+/// Marks an error as "the NATS server cannot be reached or started" (exit
+/// code 3), so that a script tells it from failed blocks (1) and bad input (2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+/// A connection failure in the exit-code classes: unreachable, bad credentials, other.
+pub fn connect_error(url: &str, err: ConnectError) -> anyhow::Error {
+    let message = format!("cannot connect to NATS at {url}: {}", error_chain(&err));
+    match err {
+        ConnectError::Connect { .. } => {
+            anyhow::Error::new(Unreachable(format!("{message}; is the server running?")))
+        }
+        ConnectError::Unauthorized { .. }
+        | ConnectError::IncompleteUserPassword
+        | ConnectError::IncompleteClientCertificate
+        | ConnectError::CredsFile { .. } => anyhow::Error::new(BadInput(message)),
+        _ => anyhow::anyhow!(message),
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    daisy_worker::factory::error_chain(err)
 }

@@ -3,29 +3,45 @@
 //!
 //! These commands only read the run's KV status, lease and liveness keys and
 //! publish operator events; scheduling stays with the leader.
+//!
+//! # Local runs
+//! Without `--nats` and `NATS_URL`, the server is the embedded one of the
+//! state dir's `daisy run`s. It lives only while a `daisy run` does, so a
+//! command run after it ended starts a server on the same store for its own
+//! duration (holding the store's lock: two servers must never open one
+//! store), and its hints name `daisy run FILE` rather than a scheduler on a
+//! server that is gone.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use daisy::nats::embedded::{EmbeddedServerError, LocalServer, local_server};
+use daisy::run_lock::{self, LockHolder};
 use daisy_nats::{Nats, RunStatus, RunStreams};
 use daisy_proto::RunId;
 use serde::Serialize;
 
 use crate::input::BadInput;
-use crate::nats_args::NatsArgs;
+use crate::nats_args::{NatsArgs, Unreachable, error_chain};
 
 /// Where the run's NATS server is: the options every operator command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    /// Where `daisy run` keeps its embedded server's URL (nats/url), used
-    /// when neither --nats nor NATS_URL is given.
-    #[arg(long, value_name = "DIR", default_value = ".daisy")]
+    /// The state dir of local runs (`daisy run`'s --state-dir): used when
+    /// neither --nats nor NATS_URL is given. While a `daisy run` runs there,
+    /// commands use its server; after it ended, they start its server on the
+    /// same store for the command's duration.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
+
+/// `daisy run`'s default --state-dir.
+pub const DEFAULT_STATE_DIR: &str = ".daisy";
 
 /// A connection for one operator command.
 pub struct Session {
@@ -33,6 +49,39 @@ pub struct Session {
     pub nats: Nats,
     /// The server's URL, for messages.
     pub url: String,
+    /// Set when the server is the embedded one of local runs (no --nats, no
+    /// `NATS_URL`): hints then name `daisy run FILE`. Dropped after `nats`,
+    /// so a server started for the command stops after the connection closed.
+    pub local: Option<LocalRuns>,
+}
+
+/// The local runs of a state dir, and the server the command uses for them.
+pub struct LocalRuns {
+    /// The state dir, as the user gave it.
+    pub state_dir: PathBuf,
+    /// The live server of a running `daisy run`, or one started for this command.
+    server: LocalServer,
+}
+
+impl LocalRuns {
+    /// Whether the server was started for this command (no `daisy run` runs).
+    pub fn idle(&self) -> bool {
+        matches!(self.server, LocalServer::Started(_))
+    }
+}
+
+impl Drop for LocalRuns {
+    /// Stops a server started for the command gracefully (SIGTERM), so the
+    /// store is closed cleanly before the next `daisy run` opens it.
+    fn drop(&mut self) {
+        let server = std::mem::replace(
+            &mut self.server,
+            LocalServer::Live { url: String::new(), holder: None },
+        );
+        if let LocalServer::Started(server) = server {
+            server.stop();
+        }
+    }
 }
 
 /// A single-threaded runtime: operator commands do a few requests in turn.
@@ -43,12 +92,53 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// How long a server started on a local run's store may take until JetStream answers
+/// (it recovers the run's streams first).
+const LOCAL_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl ServerArgs {
-    /// Resolves the URL (flag, `NATS_URL`, embedded server) and connects.
+    /// Connects to `--nats` or `NATS_URL`, else to the server of the local
+    /// runs in the state dir (started for the command if no `daisy run` runs).
+    ///
+    /// # Errors
+    /// [`BadInput`] when there is no server to use, [`Unreachable`] when it
+    /// cannot be reached or started.
     pub async fn connect(&self, name: &str) -> anyhow::Result<Session> {
-        let url = self.nats.resolve_url(&self.state_dir)?;
+        if let Some(url) = &self.nats.url {
+            let nats = self.nats.connect(url.clone(), name).await?;
+            return Ok(Session { nats, url: url.clone(), local: None });
+        }
+        let holder = LockHolder {
+            brief: true,
+            ..LockHolder::this_process(name, "a short-lived server to read the runs")
+        };
+        let server = local_server(&self.state_dir, &holder, true).map_err(|err| {
+            let chain = error_chain(&err);
+            match err {
+                EmbeddedServerError::NoStore { .. } => anyhow::Error::new(BadInput(format!(
+                    "no NATS server given: pass --nats nats://host:4222 or set NATS_URL ({chain}; \
+                     give --state-dir if its runs keep their state elsewhere)"
+                ))),
+                EmbeddedServerError::Start(_) | EmbeddedServerError::NoUrl { .. } => {
+                    anyhow::Error::new(Unreachable(chain))
+                }
+                _ => anyhow::anyhow!(chain),
+            }
+        })?;
+        let url = server.url().to_owned();
+        if let LocalServer::Started(_) = server {
+            eprintln!(
+                "daisy: no daisy run is running in {}: started its NATS server on the same \
+                 store for this command",
+                self.state_dir.display()
+            );
+            daisy_nats::server::wait_jetstream_ready(&url, LOCAL_READY_TIMEOUT)
+                .await
+                .map_err(|err| Unreachable(error_chain(&err)))?;
+        }
+        let local = LocalRuns { state_dir: self.state_dir.clone(), server };
         let nats = self.nats.connect(url.clone(), name).await?;
-        Ok(Session { nats, url })
+        Ok(Session { nats, url, local: Some(local) })
     }
 }
 
@@ -222,10 +312,51 @@ pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     stdout.flush().context("writing JSON")
 }
 
-/// How to start a scheduler for `run` again, for the next-step hints.
-pub fn restart_hint(url: &str, run: &RunId) -> String {
-    format!(
-        "  daisy-scheduler --nats {url} PIPELINE.toml --run-id {run}   (plus daisy-worker --nats \
-         {url} --run {run})\n  or: daisy run PIPELINE.toml --nats {url} --run-id {run}"
-    )
+impl Session {
+    /// How to go on with `run` (resume it, run its retried blocks), for the
+    /// next-step hints: `daisy run FILE` for a local run, else a scheduler
+    /// on the same server.
+    pub fn resume_hint(&self, run: &RunId) -> String {
+        match &self.local {
+            Some(local) => format!("  {}", local_run_command(&local.state_dir, run)),
+            None => {
+                let url = &self.url;
+                format!(
+                    "  daisy-scheduler --nats {url} PIPELINE.toml --run-id {run}   (plus \
+                     daisy-worker --nats {url} --run {run})\n  or: daisy run PIPELINE.toml --nats \
+                     {url} --run-id {run}"
+                )
+            }
+        }
+    }
 }
+
+/// The `daisy run` command of local run `run`: its pipeline file as its last `daisy run`
+/// recorded it (relative to the current directory when below it), with `--run-id` and
+/// `--state-dir` when they are not the defaults.
+pub fn local_run_command(state_dir: &Path, run: &RunId) -> String {
+    let lock = state_dir.join(run.as_str()).join(RUN_LOCK_FILE);
+    let file = run_lock::read_holder(&lock).and_then(|holder| holder.pipeline_file);
+    let mut command = match &file {
+        Some(file) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let shown = file.strip_prefix(&cwd).unwrap_or(file);
+            format!("daisy run {}", shown.display())
+        }
+        None => "daisy run PIPELINE.toml".to_owned(),
+    };
+    let default_id = file
+        .as_deref()
+        .and_then(Path::file_stem)
+        .is_some_and(|stem| RunId::sanitized(&stem.to_string_lossy()) == *run);
+    if !default_id {
+        command.push_str(&format!(" --run-id {run}"));
+    }
+    if state_dir != Path::new(DEFAULT_STATE_DIR) {
+        command.push_str(&format!(" --state-dir {}", state_dir.display()));
+    }
+    command
+}
+
+/// The lock file of a local run, under `<state-dir>/<run-id>/`: held by its `daisy run`.
+pub const RUN_LOCK_FILE: &str = "lock";

@@ -31,6 +31,8 @@
 //!   `daisy run`, `daisy-scheduler` and `Runner::nats` run them; [`Worker`]
 //!   joins such a run with this program's closures.
 //! * [`journal`]: the append-only record of an in-process run.
+//! * [`run_lock`]: the locks that keep two runs off one run directory and
+//!   two servers off one store, naming the holder to the one refused.
 //!
 //! # Ownership
 //! This crate wires the scheduler actor (`daisy-scheduler`) to worker slots
@@ -41,6 +43,7 @@
 pub mod in_process;
 pub mod journal;
 pub mod nats;
+pub mod run_lock;
 mod task;
 mod worker;
 

@@ -13,9 +13,10 @@ use daisy_proto::Event;
 use daisy_proto::subjects::{EventScope, MsgId};
 
 use crate::input::BadInput;
-use crate::operator::{RunState, ServerArgs, now_unix_ms, restart_hint, runtime};
+use crate::operator::{RunState, ServerArgs, now_unix_ms, runtime};
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy cancel cells --nats nats://host:4222
       the leader stops dispatching and exits (code 1, interrupted); workers finish
@@ -23,10 +24,18 @@ Examples:
   daisy-scheduler --nats nats://host:4222 pipeline.toml --run-id cells
       resumes the run later
 
+  daisy cancel pipeline
+      a local run (`daisy run pipeline.toml` in another shell) stops as on Ctrl-C;
+      `daisy run pipeline.toml` resumes it
+
 Scheduler replicas standing by stop with the leader. Starting a scheduler again later
 resumes the run.
 
-Exit codes: 0 cancel recorded, 1 NATS failed, 2 the run is finished (or unknown).";
+",
+    exit_codes_help!(),
+    "
+(0: cancel recorded; 2: the run is finished or unknown.)"
+);
 
 /// Stop a running run (resumable).
 #[derive(Debug, Args)]
@@ -69,7 +78,7 @@ pub fn run(args: CancelArgs) -> anyhow::Result<ExitCode> {
             "cancel recorded for run {run}: {leader}; {} live workers finish their blocks in \
              flight and exit. Resume it with:\n{}",
             state.workers,
-            restart_hint(&session.url, &run)
+            session.resume_hint(&run)
         );
         anyhow::Ok(ExitCode::SUCCESS)
     })

@@ -20,7 +20,8 @@ use crate::input::{BadInput, load_pipeline};
 use crate::nats_args::NatsArgs;
 use crate::summary::{RunPlaces, write_json, write_text};
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy-scheduler --nats nats://nats-host:4222 pipeline.toml
       publishes the pipeline, takes the leader lease and dispatches blocks to the
@@ -32,8 +33,14 @@ Examples:
 The run id (default: the pipeline file's name) names the run's streams; start
 daisy-worker --nats URL --run <run-id> anywhere to process its blocks.
 
-Exit codes: 0 every block succeeded or was skipped; 1 some failed or were orphaned, or
-the run was interrupted; 2 bad input.";
+Without --nats and NATS_URL, it joins the server of the `daisy run` running in
+--state-dir (it never starts a server of its own).
+
+",
+    exit_codes_help!(),
+    "
+(1: some blocks failed or were orphaned, or the run was interrupted.)"
+);
 
 /// One scheduler replica of a daisy-rs run over NATS JetStream.
 #[derive(Debug, Parser)]
@@ -50,7 +57,8 @@ struct SchedulerCli {
     /// over this long after the leader died.
     #[arg(long, value_name = "DURATION", default_value_t = DEFAULT_LEASE_TTL.into())]
     lease_ttl: humantime::Duration,
-    /// Where the embedded server's URL is looked up when --nats is not given.
+    /// The state dir of the `daisy run` whose live server to join when
+    /// neither --nats nor NATS_URL is given.
     #[arg(long, value_name = "DIR", default_value = ".daisy")]
     state_dir: PathBuf,
     /// No progress bars or lines on stderr.
@@ -82,7 +90,7 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
             RunId::sanitized(&cli.file.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())
         }
     };
-    let url = cli.nats.resolve_url(&cli.state_dir)?;
+    let url = cli.nats.resolve_url(&cli.state_dir, "daisy-scheduler")?;
     let options = NatsRunOptions {
         spec_toml: Some(spec_toml),
         lease_ttl: cli.lease_ttl.into(),

@@ -13,19 +13,28 @@ use daisy_proto::Event;
 use daisy_proto::subjects::{EventScope, MsgId};
 
 use crate::input::BadInput;
-use crate::operator::{RunState, ServerArgs, now_unix_ms, restart_hint, runtime};
+use crate::operator::{RunState, ServerArgs, now_unix_ms, runtime};
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy retry cells --nats nats://host:4222
       then start a scheduler (and workers) for the run again:
   daisy-scheduler --nats nats://host:4222 pipeline.toml --run-id cells
   daisy-worker --nats nats://host:4222 --run cells
 
+  daisy retry pipeline
+      a local run, after `daisy run pipeline.toml` ended; then `daisy run pipeline.toml`
+      (which alone also re-runs failed blocks: resuming gives them fresh retries)
+
 Only the failed blocks and the blocks they orphaned run again; blocks that succeeded do not.
 
-Exit codes: 0 retry recorded, 1 NATS failed, 2 the run is not finished or has no failed or
-orphaned blocks (or is unknown).";
+",
+    exit_codes_help!(),
+    "
+(0: retry recorded; 2: the run is not finished, has no failed or orphaned blocks, or is
+unknown.)"
+);
 
 /// Re-drive the failed and orphaned blocks of a finished run.
 #[derive(Debug, Args)]
@@ -49,11 +58,11 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
         };
         if !status.finished {
             let why = if status.cancelled {
-                "it was cancelled; start a scheduler to resume it".to_owned()
+                format!("it was cancelled; resume it with:\n{}", session.resume_hint(&run))
             } else if let Some(leader) = &state.leader {
                 format!("{leader} leads it; retry once it finished")
             } else {
-                "it stopped before finishing; start a scheduler to continue it".to_owned()
+                format!("it stopped before finishing; continue it with:\n{}", session.resume_hint(&run))
             };
             return Err(BadInput(format!("run '{run}' is not finished: {why}")).into());
         }
@@ -80,7 +89,7 @@ pub fn run(args: RetryArgs) -> anyhow::Result<ExitCode> {
         println!(
             "retry recorded for run {run}: {failed} failed and {orphaned} orphaned blocks run again \
              when a scheduler is started for it:\n{}",
-            restart_hint(&session.url, &run)
+            session.resume_hint(&run)
         );
         anyhow::Ok(ExitCode::SUCCESS)
     })

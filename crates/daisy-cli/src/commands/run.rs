@@ -28,6 +28,7 @@ use daisy::in_process::{InProcessRun, RunError, RunOptions};
 use daisy::journal::JournalError;
 use daisy::nats::embedded::EmbeddedServerError;
 use daisy::nats::{NatsRun, NatsRunError, NatsRunOptions, ServerChoice};
+use daisy::run_lock::{self, DirLock, LockError, LockHolder};
 use daisy_core::Pipeline;
 use daisy_nats::ConnectOptions;
 use daisy_proto::RunId;
@@ -38,10 +39,13 @@ use tokio::sync::watch;
 
 use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
+use crate::nats_args::{Unreachable, connect_error, error_chain};
+use crate::operator::{DEFAULT_STATE_DIR, RUN_LOCK_FILE};
 use crate::summary::{RunPlaces, write_json, write_text};
 use crate::telemetry::LogOutput;
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy run pipeline.toml
       runs every block of every task: progress bars on stderr, then the summary on stdout
@@ -75,9 +79,17 @@ code 130).
 
 Logs: -v/-vv beat RUST_LOG (e.g. RUST_LOG=daisy_scheduler=debug), default: warnings only.
 
-Exit codes: 0 every block succeeded or was skipped; 1 some failed or were orphaned, or the
-run was interrupted; 2 bad input (pipeline file, arguments, a changed pipeline layout, a
-run already in progress).";
+Server: --in-process uses none; --nats URL, else $NATS_URL, else an embedded nats-server with
+its store in <state-dir>/nats (--embedded forces it). The first line names the server used.
+
+One daisy run per run (<state-dir>/<run-id>): a second one, in any mode, is refused with the
+pid, mode and start time of the first.
+
+",
+    exit_codes_help!(),
+    "
+(1: some blocks failed or were orphaned, or the run was interrupted.)"
+);
 
 /// Run every block of a pipeline: progress, resume, summary.
 #[derive(Debug, Args)]
@@ -88,12 +100,17 @@ pub struct RunArgs {
     /// Run scheduler and workers in this process over channels, recording
     /// outcomes in a journal file (no NATS at all). The default runs over an
     /// embedded nats-server instead.
-    #[arg(long, conflicts_with = "nats")]
+    #[arg(long, conflicts_with_all = ["nats", "embedded"])]
     in_process: bool,
     /// Use this NATS server instead of starting an embedded one; remote
-    /// `daisy-worker --nats URL` processes may join the run.
+    /// `daisy-worker --nats URL` processes may join the run [default:
+    /// $NATS_URL when set, else the embedded server]
     #[arg(long = "nats", value_name = "URL")]
     nats: Option<String>,
+    /// Start the embedded nats-server (store under <state-dir>/nats) even
+    /// when NATS_URL is set.
+    #[arg(long, conflicts_with = "nats")]
+    embedded: bool,
     /// Names the run: its journal is <state-dir>/<run-id>/. Default: the
     /// pipeline file's name without extension.
     #[arg(long, value_name = "ID")]
@@ -138,14 +155,16 @@ impl Prepared {
                 .map_err(in_process_error)?;
             return Ok(Prepared::InProcess(run));
         }
-        let server = match &args.nats {
-            Some(url) => ServerChoice::Connect(ConnectOptions {
+        let server = match &context.server {
+            Server::InProcess => unreachable!("returned above"),
+            Server::Url { url, .. } => ServerChoice::Connect(ConnectOptions {
                 name: Some("daisy run".into()),
                 ..ConnectOptions::new(url.clone())
             }),
-            None => ServerChoice::Embedded {
+            Server::Embedded => ServerChoice::Embedded {
                 state_dir: absolute(&args.state_dir, "--state-dir")?,
                 connection_name: Some("daisy run".into()),
+                holder: context.holder.clone(),
             },
         };
         let spec_toml = std::fs::read_to_string(&args.file)
@@ -155,17 +174,28 @@ impl Prepared {
             fresh: context.fresh,
             ..NatsRunOptions::new(server, context.run_id.clone())
         };
-        let run =
-            NatsRun::prepare(context.pipeline.clone(), options).await.map_err(nats_run_error)?;
+        let run = NatsRun::prepare(context.pipeline.clone(), options)
+            .await
+            .map_err(|err| run_nats_error(err, context))?;
         Ok(Prepared::Nats(run))
     }
 
-    /// How the start line names the mode.
-    fn mode_name(&self, args: &RunArgs) -> &'static str {
-        match self {
-            Prepared::InProcess(_) => "in-process",
-            Prepared::Nats(_) if args.nats.is_some() => "NATS",
-            Prepared::Nats(_) => "embedded NATS",
+    /// How the start line names the server (or its absence).
+    fn server_description(&self, context: &RunContext) -> String {
+        match (self, &context.server) {
+            (Prepared::InProcess(_), _) => "in-process, no NATS".to_owned(),
+            (Prepared::Nats(run), Server::Url { from_env: true, .. }) => format!(
+                "on NATS at {} from NATS_URL (--embedded: the embedded server instead)",
+                run.url()
+            ),
+            (Prepared::Nats(run), Server::Url { from_env: false, .. }) => {
+                format!("on NATS at {}", run.url())
+            }
+            (Prepared::Nats(run), _) => format!(
+                "on the embedded NATS server at {} (store {})",
+                run.url(),
+                context.state_dir_shown.join("nats").display()
+            ),
         }
     }
 
@@ -213,7 +243,9 @@ impl Prepared {
         let factory = pipeline_processors(context.children.clone());
         match self {
             Prepared::InProcess(run) => Ok(run.run(&*factory, cancel).await?),
-            Prepared::Nats(run) => run.run(Some(factory), cancel).await.map_err(nats_run_error),
+            Prepared::Nats(run) => {
+                run.run(Some(factory), cancel).await.map_err(|err| run_nats_error(err, context))
+            }
         }
     }
 }
@@ -232,21 +264,32 @@ fn in_process_error(err: RunError) -> anyhow::Error {
     }
 }
 
-/// A NATS run's error in the words of the flags, as bad input (exit code
-/// 2) where the user can fix it: a state dir in use or not writable, a
-/// changed layout.
+/// A NATS run's error in the words of the flags and in the exit-code
+/// classes: bad input (2) where the user can fix it (a state dir in use or
+/// not writable, a changed layout), unreachable (3) for a server that cannot
+/// be reached or started.
 pub(crate) fn nats_run_error(err: NatsRunError) -> anyhow::Error {
     match err {
-        NatsRunError::EmbeddedServer(EmbeddedServerError::InUse { dir }) => {
+        NatsRunError::EmbeddedServer(EmbeddedServerError::InUse { dir, holder }) => {
+            let holder =
+                holder.map_or_else(|| "another daisy process".to_owned(), |h| h.to_string());
             anyhow::Error::new(BadInput(format!(
-                "the embedded NATS server in {} is in use by another daisy run; wait for it to \
-                 finish, or give this run another --state-dir",
+                "the embedded NATS server in {} is in use by another daisy run: {holder}; wait \
+                 for it to finish, or give this run another --state-dir",
                 dir.display()
             )))
         }
         NatsRunError::EmbeddedServer(
             err @ (EmbeddedServerError::CreateDir { .. } | EmbeddedServerError::Lock { .. }),
-        ) => anyhow::Error::new(BadInput(format!("{:#}", anyhow::Error::new(err)))),
+        ) => anyhow::Error::new(BadInput(format!(
+            "{}; check that --state-dir is a writable directory",
+            error_chain(&err)
+        ))),
+        NatsRunError::EmbeddedServer(err) => anyhow::Error::new(Unreachable(format!(
+            "the embedded NATS server: {}",
+            error_chain(&err)
+        ))),
+        NatsRunError::Connect { url, source } => connect_error(&url, source),
         NatsRunError::DeleteRun { run, source } => anyhow::Error::new(source)
             .context(format!("deleting the recorded run '{run}' (--fresh)")),
         NatsRunError::Replica(err @ ReplicaError::LayoutChanged { .. }) => {
@@ -254,6 +297,115 @@ pub(crate) fn nats_run_error(err: NatsRunError) -> anyhow::Error {
         }
         other => anyhow::Error::new(other),
     }
+}
+
+/// `daisy run`'s NATS errors: [`nats_run_error`], with the layout-changed fix
+/// naming this very command.
+fn run_nats_error(err: NatsRunError, context: &RunContext) -> anyhow::Error {
+    match err {
+        NatsRunError::Replica(ReplicaError::LayoutChanged { run }) => {
+            anyhow::Error::new(BadInput(format!(
+                "the pipeline's block layout changed since run '{run}' was recorded: its recorded \
+                 blocks would map onto other blocks. Start over with `{} --fresh` (discards what \
+                 it recorded), or give the changed pipeline another --run-id",
+                context.command
+            )))
+        }
+        other => nats_run_error(other),
+    }
+}
+
+/// Which server a run uses.
+pub(crate) enum Server {
+    /// None: `--in-process`.
+    InProcess,
+    /// An embedded nats-server under `<state-dir>/nats`.
+    Embedded,
+    /// An existing server.
+    Url {
+        /// Its URL.
+        url: String,
+        /// Taken from `NATS_URL` rather than `--nats`.
+        from_env: bool,
+    },
+}
+
+impl Server {
+    /// `--in-process`, `--nats URL`, `--embedded`, then `NATS_URL`, else embedded.
+    fn of(args: &RunArgs) -> Server {
+        if args.in_process {
+            return Server::InProcess;
+        }
+        if let Some(url) = &args.nats {
+            return Server::Url { url: url.clone(), from_env: false };
+        }
+        if args.embedded {
+            return Server::Embedded;
+        }
+        match std::env::var("NATS_URL") {
+            Ok(url) if !url.trim().is_empty() => {
+                Server::Url { url: url.trim().to_owned(), from_env: true }
+            }
+            _ => Server::Embedded,
+        }
+    }
+
+    /// The mode, as the lock note names it to a run refused.
+    fn mode(&self) -> String {
+        match self {
+            Server::InProcess => "in-process".to_owned(),
+            Server::Embedded => "embedded NATS".to_owned(),
+            Server::Url { url, .. } => format!("NATS at {url}"),
+        }
+    }
+}
+
+/// The command that runs this run again, as the user would type it: the file
+/// as given, and the flags that choose the run, its place and its server.
+fn resume_command(args: &RunArgs, server: &Server) -> String {
+    let mut command = format!("daisy run {}", args.file.display());
+    match server {
+        Server::InProcess => command.push_str(" --in-process"),
+        Server::Url { url, from_env: false } => command.push_str(&format!(" --nats {url}")),
+        Server::Embedded if args.embedded => command.push_str(" --embedded"),
+        _ => {}
+    }
+    if let Some(id) = &args.run_id {
+        command.push_str(&format!(" --run-id {id}"));
+    }
+    if args.state_dir != Path::new(DEFAULT_STATE_DIR) {
+        command.push_str(&format!(" --state-dir {}", args.state_dir.display()));
+    }
+    command
+}
+
+/// Takes the run directory's lock for the whole run: two runs of one
+/// pipeline in one directory would process every block twice and write to
+/// the same worker logs, whatever their modes.
+fn lock_run_dir(context: &RunContext, args: &RunArgs) -> Result<DirLock, BadInput> {
+    let path = context.run_dir.join(RUN_LOCK_FILE);
+    run_lock::lock(&path, &context.holder).map_err(|err| match err {
+        LockError::Held { holder, .. } => {
+            let (holder, stop) = match holder {
+                Some(holder) => {
+                    let stop = format!("Ctrl-C in its terminal, or kill -INT {}", holder.pid);
+                    (holder.to_string(), stop)
+                }
+                None => ("another process".to_owned(), "Ctrl-C in its terminal".to_owned()),
+            };
+            BadInput(format!(
+                "run '{}' ({}) is in use by another daisy run: {holder}. Two runs would process \
+                 the same blocks twice: wait for it to finish, stop it ({stop}), or give this \
+                 run another --run-id",
+                context.run_id,
+                args.state_dir.join(context.run_id.as_str()).display()
+            ))
+        }
+        err @ LockError::Io { .. } => BadInput(format!(
+            "{}; check that --state-dir is a writable directory",
+            error_chain(&err)
+        )),
+    })
 }
 
 /// Everything a run needs from the arguments.
@@ -269,6 +421,14 @@ pub(crate) struct RunContext {
     pub journal_shown: PathBuf,
     /// The log dir as the user wrote it.
     pub log_dir_shown: PathBuf,
+    /// The state dir as the user wrote it.
+    pub state_dir_shown: PathBuf,
+    /// The server the run uses.
+    pub server: Server,
+    /// This run, as its locks name it to a run refused.
+    pub holder: LockHolder,
+    /// The command that runs this run again (for the fixes messages name).
+    pub command: String,
 }
 
 fn absolute(path: &Path, what: &str) -> Result<PathBuf, BadInput> {
@@ -305,8 +465,18 @@ fn context(args: &RunArgs) -> anyhow::Result<RunContext> {
                 args.state_dir.display()
             ))
         })?;
+    let server = Server::of(args);
+    let command = resume_command(args, &server);
+    let holder = LockHolder {
+        pipeline_file: Some(file.clone()),
+        ..LockHolder::this_process(command.clone(), server.mode())
+    };
     Ok(RunContext {
         run_dir: state_dir.join(run_id.as_str()),
+        state_dir_shown: args.state_dir.clone(),
+        server,
+        holder,
+        command,
         journal_shown: args.state_dir.join(run_id.as_str()).join(daisy::journal::JOURNAL_FILE),
         log_dir_shown: args.log_dir.clone(),
         pipeline,
@@ -319,6 +489,8 @@ fn context(args: &RunArgs) -> anyhow::Result<RunContext> {
 /// Runs `daisy run`.
 pub fn run(args: RunArgs, logs: LogOutput) -> anyhow::Result<ExitCode> {
     let context = context(&args)?;
+    // Held until the summary is written: released by the OS if this process dies.
+    let _run_lock = lock_run_dir(&context, &args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -348,9 +520,9 @@ async fn run_async(
     let prepared = Prepared::new(args, context).await?;
     let record = prepared.record_place(context);
     logs.note(&format!(
-        "daisy: run '{}' ({}, {} blocks): record {}, {}; worker logs in {}",
+        "daisy: run '{}' {}, {} blocks: record {}, {}; worker logs in {}",
         context.run_id,
-        prepared.mode_name(args),
+        prepared.server_description(context),
         context.pipeline.num_blocks(),
         record.display(),
         prepared.history(args.fresh),

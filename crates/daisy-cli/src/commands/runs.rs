@@ -12,7 +12,8 @@ use tracing::warn;
 use crate::input::BadInput;
 use crate::operator::{Leader, RunState, ServerArgs, print_json, runtime};
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy runs                                the runs on the embedded server of ./.daisy
   daisy runs --nats nats://host:4222 --json
@@ -26,7 +27,11 @@ JSON: {\"runs\": [{\"run\", \"state\", \"finished\", \"succeeded\", \"completed\
 \"workers\", \"leader\": {\"id\", \"host\", \"pid\"} | null}]};
 with --delete: {\"deleted\": run, \"streams_and_buckets\": n}.
 
-Exit codes: 0 listed or deleted, 1 NATS could not be read, 2 bad input (no such run).";
+",
+    exit_codes_help!(),
+    "
+(0: listed or deleted, whatever the runs' outcomes; 2: no such run.)"
+);
 
 /// List the runs on the server, or delete one.
 #[derive(Debug, Args)]

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::operator::{Leader, RunState, ServerArgs, print_json, runtime};
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy status                              the only run on the embedded server of ./.daisy
   daisy status cells --nats nats://host:4222
@@ -26,8 +27,12 @@ The JSON schema is stable (the README quotes it):
    \"status_age_seconds\": f64 | null, \"tasks\": [{\"id\", \"total\", \"ready\", \"processing\",
    \"completed\", \"skipped\", \"failed\", \"orphaned\", \"pending\", \"first_error\", \"abandoned\"}]}
 
-Exit codes: 0 status shown, 1 NATS could not be read, 2 bad input (unknown run, several runs
-and none named).";
+",
+    exit_codes_help!(),
+    "
+(0: shown, no block failed; 1: shown, the run has failed or orphaned blocks; with --watch,
+of the last status shown.)"
+);
 
 /// Show a run's progress: per-task counters, leader, live workers, first errors.
 #[derive(Debug, Args)]
@@ -115,24 +120,53 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 } else if args.watch && !first {
                     text.push(b'\n');
                 }
-                write_text(&mut text, &state, &session.url).context("formatting the status")?;
+                let resume = session.resume_hint(&state.run);
+                // A local `daisy run` re-runs failed blocks by itself when resuming.
+                let rerun = match &session.local {
+                    Some(_) => format!("re-run the failed and orphaned blocks with:\n{resume}"),
+                    None => format!(
+                        "re-run the failed and orphaned blocks with `daisy retry {}`, then:\n{resume}",
+                        state.run
+                    ),
+                };
+                write_text(&mut text, &state, &session.url, &resume, &rerun)
+                    .context("formatting the status")?;
                 let mut stdout = std::io::stdout().lock();
                 stdout.write_all(&text).context("writing the status")?;
                 stdout.flush().context("writing the status")?;
             }
             first = false;
             let over = state.finished() || (state.cancelled() && state.leader.is_none());
-            if !args.watch || over {
-                break;
+            // No daisy run runs here, and none can start while this command holds the
+            // store: nothing would change.
+            let idle = session.local.as_ref().is_some_and(|local| local.idle());
+            if args.watch && idle && !over {
+                eprintln!("daisy: nothing to watch: no daisy run is running; shown once");
+            }
+            if !args.watch || over || idle {
+                let (failed, orphaned) = state.failed_and_orphaned();
+                let blocks_failed = failed + orphaned > 0 || (state.finished() && !state.succeeded());
+                break anyhow::Ok(if blocks_failed {
+                    ExitCode::from(crate::EXIT_FAILED)
+                } else {
+                    ExitCode::SUCCESS
+                });
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        anyhow::Ok(ExitCode::SUCCESS)
     })
 }
 
 /// The human-readable status.
-fn write_text(out: &mut impl Write, state: &RunState, url: &str) -> std::io::Result<()> {
+/// `resume` resumes the run ([`crate::operator::Session::resume_hint`]); `rerun` says how
+/// to re-run its failed blocks.
+fn write_text(
+    out: &mut impl Write,
+    state: &RunState,
+    url: &str,
+    resume: &str,
+    rerun: &str,
+) -> std::io::Result<()> {
     let age = state
         .status_age_seconds()
         .map_or("no status written yet".to_owned(), |age| format!("status {age:.1}s old"));
@@ -193,9 +227,9 @@ fn write_text(out: &mut impl Write, state: &RunState, url: &str) -> std::io::Res
         }
     }
     if state.cancelled() {
-        writeln!(out, "\ncancelled with daisy cancel: start a scheduler again to resume it")?;
+        writeln!(out, "\ncancelled with daisy cancel; resume it with:\n{resume}")?;
     } else if state.finished() && !state.succeeded() {
-        writeln!(out, "\nre-run the failed and orphaned blocks with: daisy retry {}", state.run)?;
+        writeln!(out, "\n{rerun}")?;
     }
     Ok(())
 }

@@ -15,7 +15,8 @@ use tracing::info;
 use crate::input::BadInput;
 use crate::nats_args::NatsArgs;
 
-const AFTER_HELP: &str = "\
+const AFTER_HELP: &str = concat!(
+    "\
 Examples:
   daisy-worker --nats nats://nats-host:4222 --run pipeline
       learns the pipeline of run 'pipeline' from NATS, processes its blocks with the
@@ -30,7 +31,13 @@ script paths of the pipeline file must exist there. Logs: <log-dir>/<task>/worke
 
 Ctrl-C (or SIGTERM) stops taking blocks, finishes and records the blocks in flight, then
 exits 0. A second one kills the block processes and exits 130 at once; their blocks are
-redelivered to other workers after the AckWait.";
+redelivered to other workers after the AckWait.
+
+",
+    exit_codes_help!(),
+    "
+(0: the run finished or the worker was stopped; a worker does not judge the blocks.)"
+);
 
 /// Processes blocks of daisy-rs runs over NATS JetStream.
 #[derive(Debug, Parser)]
@@ -74,7 +81,7 @@ pub fn worker_main() -> ExitCode {
 }
 
 fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
-    let url = cli.nats.resolve_url(&cli.state_dir)?;
+    let url = cli.nats.resolve_url(&cli.state_dir, "daisy-worker")?;
     let workdir = std::path::absolute(cli.workdir.clone().unwrap_or_else(|| PathBuf::from(".")))
         .map_err(|err| BadInput(format!("--workdir: {err}")))?;
     let log_dir =

@@ -48,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::embedded::{EmbeddedServer, EmbeddedServerError};
+use crate::run_lock::LockHolder;
 
 /// How long the leader lease lives without a renewal unless told
 /// otherwise: a standby takes over this long after the leader died.
@@ -71,6 +72,8 @@ pub enum ServerChoice {
         state_dir: PathBuf,
         /// The connection's name on the server (`None`: `daisy`).
         connection_name: Option<String>,
+        /// Who holds the state dir's server, named to a second run refused.
+        holder: LockHolder,
     },
 }
 
@@ -173,8 +176,8 @@ impl NatsRun {
     ) -> Result<Self, NatsRunError> {
         let (connect, embedded) = match &options.server {
             ServerChoice::Connect(connect) => (connect.clone(), None),
-            ServerChoice::Embedded { state_dir, connection_name } => {
-                let server = EmbeddedServer::start(state_dir)?;
+            ServerChoice::Embedded { state_dir, connection_name, holder } => {
+                let server = EmbeddedServer::start(state_dir, holder)?;
                 let connect = ConnectOptions {
                     name: connection_name.clone(),
                     ..ConnectOptions::new(server.url())
