@@ -311,6 +311,15 @@ fn run_nats_error(err: NatsRunError, context: &RunContext) -> anyhow::Error {
                 context.command
             )))
         }
+        NatsRunError::Connect { url, source } => {
+            let err = connect_error(&url, source);
+            match context.server {
+                Server::Url { from_env: true, .. } => err.context(
+                    "the server comes from NATS_URL (--embedded: start the embedded one instead)",
+                ),
+                _ => err,
+            }
+        }
         other => nats_run_error(other),
     }
 }
