@@ -34,10 +34,16 @@ impl Setup {
         command.output().unwrap()
     }
 
-    /// `daisy status <run> --json`, which must succeed.
+    /// `daisy status <run> --json`, which must show a status: exit code 0, or 1 when the
+    /// run has failed or orphaned blocks.
     fn status(&self, run: &str) -> Value {
         let output = self.daisy(&["status", run, "--json"]);
-        assert!(output.status.success(), "{}", describe(&output));
+        let failed = serde_json::from_slice::<Value>(&output.stdout).is_ok_and(|status| {
+            status["tasks"].as_array().into_iter().flatten().any(|task| {
+                task["failed"].as_u64() > Some(0) || task["orphaned"].as_u64() > Some(0)
+            })
+        });
+        assert_eq!(output.status.code(), Some(i32::from(failed)), "{}", describe(&output));
         serde_json::from_slice(&output.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", describe(&output)))
     }
@@ -49,7 +55,7 @@ impl Setup {
         loop {
             let output = self.daisy(&["status", run, "--json"]);
             let status = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-            if output.status.success() && done(&status) {
+            if matches!(output.status.code(), Some(0 | 1)) && done(&status) {
                 return status;
             }
             assert!(
@@ -101,6 +107,7 @@ fn status_json_has_the_schema_and_exact_counts_and_runs_lists_and_deletes() {
 
     // The human form names the run, the counters and the first error.
     let text = setup.daisy(&["status", "bad"]);
+    assert_eq!(text.status.code(), Some(1), "a failed run: {}", describe(&text));
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("run bad on") && text.contains("failed"), "{text}");
     assert!(text.contains("a: block 1 attempt 1 (failed)"), "{text}");
@@ -137,9 +144,9 @@ fn status_json_has_the_schema_and_exact_counts_and_runs_lists_and_deletes() {
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let output = setup.daisy(&["runs", "--delete", "good"]);
     assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-    // With one run left, it is the default.
+    // With one run left, it is the default; it failed, so the exit code is 1.
     let output = setup.daisy(&["status", "--json"]);
-    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let only: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(only["run"], "bad");
 }
