@@ -79,7 +79,7 @@ impl Drop for LocalRuns {
             LocalServer::Live { url: String::new(), holder: None },
         );
         if let LocalServer::Started(server) = server {
-            server.stop();
+            (*server).stop();
         }
     }
 }

@@ -219,7 +219,7 @@ pub enum LocalServer {
     },
     /// No run is running there: a server started on its store for this command, stopped
     /// when dropped. It holds the store, so no `daisy run` starts meanwhile.
-    Started(EmbeddedServer),
+    Started(Box<EmbeddedServer>),
 }
 
 impl LocalServer {
@@ -272,7 +272,7 @@ pub fn local_server(
             return Err(EmbeddedServerError::NotRunning { dir: state_dir.to_path_buf() });
         }
         match EmbeddedServer::start(state_dir, holder) {
-            Ok(server) => return Ok(LocalServer::Started(server)),
+            Ok(server) => return Ok(LocalServer::Started(Box::new(server))),
             // A `daisy run` took it in between: use its server.
             Err(EmbeddedServerError::InUse { .. }) => {}
             Err(err) => return Err(err),
