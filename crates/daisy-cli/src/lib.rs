@@ -54,7 +54,7 @@ Examples:
   daisy status [RUN] --watch               a run's progress, leader and workers, from another shell
   daisy runs                               the runs on the NATS server (--delete RUN deletes one)
   daisy retry RUN                          re-drive the failed and orphaned blocks of a finished run
-  daisy cancel RUN                         stop a running run; a new scheduler resumes it
+  daisy cancel RUN                         stop a running run; `daisy run FILE` resumes it
 
 run, status, runs, retry and cancel use --nats URL, else $NATS_URL, else the embedded server of
 ./.daisy (--state-dir): `daisy run` starts it, and after the run ended status, runs, retry and

@@ -117,7 +117,13 @@ impl ServerArgs {
             match err {
                 EmbeddedServerError::NoStore { .. } => anyhow::Error::new(BadInput(format!(
                     "no NATS server given: pass --nats nats://host:4222 or set NATS_URL ({chain}; \
-                     give --state-dir if its runs keep their state elsewhere)"
+                     give --state-dir if its runs keep their state elsewhere{})",
+                    if has_journals(&self.state_dir) {
+                        "; runs with --in-process keep only a journal, which this command does \
+                         not read"
+                    } else {
+                        ""
+                    }
                 ))),
                 EmbeddedServerError::Start(_) | EmbeddedServerError::NoUrl { .. } => {
                     anyhow::Error::new(Unreachable(chain))
@@ -140,6 +146,15 @@ impl ServerArgs {
         let nats = self.nats.connect(url.clone(), name).await?;
         Ok(Session { nats, url, local: Some(local) })
     }
+}
+
+/// Whether `state_dir` holds journals of `--in-process` runs (`<state-dir>/<run>/journal`).
+fn has_journals(state_dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(state_dir) else { return false };
+    entries.flatten().any(|entry| {
+        std::fs::metadata(entry.path().join(daisy::journal::JOURNAL_FILE))
+            .is_ok_and(|m| m.is_file())
+    })
 }
 
 impl Session {

@@ -20,6 +20,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+/// How often [`lock`] tries again before it reports a holder, and how long it waits in
+/// between: a probe of [`is_held`] holds the lock for microseconds.
+const PROBE_RETRIES: u32 = 3;
+const PROBE_RETRY_DELAY: Duration = Duration::from_millis(10);
+
 /// Who holds a lock, written into the lock file for the message that refuses the next one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockHolder {
@@ -116,12 +121,22 @@ pub fn lock(path: &Path, holder: &LockHolder) -> Result<DirLock, LockError> {
         .write(true)
         .open(path)
         .map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(LockError::Held { path: path.to_path_buf(), holder: read_holder(path) });
+    let mut tries = 0;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            // [`is_held`] takes the lock for an instant: only a lock still held after a
+            // few tries has a holder.
+            Err(std::fs::TryLockError::WouldBlock) if tries < PROBE_RETRIES => {
+                tries += 1;
+                std::thread::sleep(PROBE_RETRY_DELAY);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = read_holder(path);
+                return Err(LockError::Held { path: path.to_path_buf(), holder });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
         }
-        Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
     }
     let note = serde_json::to_vec(holder).map_err(|err| io(std::io::Error::other(err)))?;
     file.set_len(0).map_err(io)?;
