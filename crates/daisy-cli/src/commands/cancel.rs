@@ -34,7 +34,7 @@ resumes the run.
 ",
     exit_codes_help!(),
     "
-(0: cancel recorded; 2: the run is finished or unknown.)"
+For daisy cancel: 0 cancel recorded; 2 the run is finished or unknown."
 );
 
 /// Stop a running run (resumable).

@@ -37,9 +37,7 @@ Without --nats and NATS_URL, it joins the server of the `daisy run` running in
 --state-dir (it never starts a server of its own).
 
 ",
-    exit_codes_help!(),
-    "
-(1: some blocks failed or were orphaned, or the run was interrupted.)"
+    exit_codes_help!()
 );
 
 /// One scheduler replica of a daisy-rs run over NATS JetStream.

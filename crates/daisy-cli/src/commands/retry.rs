@@ -32,8 +32,8 @@ Only the failed blocks and the blocks they orphaned run again; blocks that succe
 ",
     exit_codes_help!(),
     "
-(0: retry recorded; 2: the run is not finished, has no failed or orphaned blocks, or is
-unknown.)"
+For daisy retry: 0 retry recorded; 2 the run is not finished, has no failed or orphaned
+blocks, or is unknown."
 );
 
 /// Re-drive the failed and orphaned blocks of a finished run.

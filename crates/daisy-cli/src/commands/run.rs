@@ -86,9 +86,7 @@ One daisy run per run (<state-dir>/<run-id>): a second one, in any mode, is refu
 pid, mode and start time of the first.
 
 ",
-    exit_codes_help!(),
-    "
-(1: some blocks failed or were orphaned, or the run was interrupted.)"
+    exit_codes_help!()
 );
 
 /// Run every block of a pipeline: progress, resume, summary.

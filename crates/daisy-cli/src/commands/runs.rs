@@ -30,7 +30,7 @@ with --delete: {\"deleted\": run, \"streams_and_buckets\": n}.
 ",
     exit_codes_help!(),
     "
-(0: listed or deleted, whatever the runs' outcomes; 2: no such run.)"
+For daisy runs: 0 listed or deleted, whatever the runs' outcomes; 2 no such run."
 );
 
 /// List the runs on the server, or delete one.

@@ -30,8 +30,8 @@ The JSON schema is stable (the README quotes it):
 ",
     exit_codes_help!(),
     "
-(0: shown, no block failed; 1: shown, the run has failed or orphaned blocks; with --watch,
-of the last status shown.)"
+For daisy status: 0 shown and no block failed, 1 shown and the run has failed or orphaned
+blocks (with --watch: as of the last status shown), 2 unknown run or several and none named."
 );
 
 /// Show a run's progress: per-task counters, leader, live workers, first errors.

@@ -36,7 +36,7 @@ redelivered to other workers after the AckWait.
 ",
     exit_codes_help!(),
     "
-(0: the run finished or the worker was stopped; a worker does not judge the blocks.)"
+For daisy-worker: 0 the run finished or the worker was stopped (it does not judge blocks)."
 );
 
 /// Processes blocks of daisy-rs runs over NATS JetStream.

@@ -264,23 +264,23 @@ pub fn local_server(
         Err(source) => return Err(EmbeddedServerError::CreateDir { path: nats_dir, source }),
     }
     let lock_file = nats_dir.join(LOCK_FILE);
-    let held = run_lock::is_held(&lock_file).map_err(|source| {
-        EmbeddedServerError::Lock(LockError::Io { path: lock_file.clone(), source })
-    })?;
-    if !held {
-        if !start_if_idle {
-            return Err(EmbeddedServerError::NotRunning { dir: state_dir.to_path_buf() });
-        }
-        match EmbeddedServer::start(state_dir, holder) {
-            Ok(server) => return Ok(LocalServer::Started(Box::new(server))),
-            // A `daisy run` took it in between: use its server.
-            Err(EmbeddedServerError::InUse { .. }) => {}
-            Err(err) => return Err(err),
-        }
-    }
     let url_file = state_dir.join(EMBEDDED_URL_FILE);
     let deadline = Instant::now() + URL_WAIT;
     loop {
+        let held = run_lock::is_held(&lock_file).map_err(|source| {
+            EmbeddedServerError::Lock(LockError::Io { path: lock_file.clone(), source })
+        })?;
+        if !held {
+            if !start_if_idle {
+                return Err(EmbeddedServerError::NotRunning { dir: state_dir.to_path_buf() });
+            }
+            match EmbeddedServer::start(state_dir, holder) {
+                Ok(server) => return Ok(LocalServer::Started(Box::new(server))),
+                // A `daisy run` took it in between: use its server.
+                Err(EmbeddedServerError::InUse { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
         match std::fs::read_to_string(&url_file) {
             Ok(url) if !url.trim().is_empty() => {
                 let holder = run_lock::read_holder(&lock_file);
@@ -293,7 +293,7 @@ pub fn local_server(
                     holder: run_lock::read_holder(&lock_file),
                 });
             }
-            // The holder is starting its server (or stopping it).
+            // The holder is starting its server, or ending and about to release the lock.
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
