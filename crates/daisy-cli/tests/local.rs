@@ -105,6 +105,19 @@ fn operator_commands_work_after_the_local_run_ended() {
     let runs = station.output(&["runs", "--json"]);
     assert_eq!(runs.status.code(), Some(0), "{}", describe(&runs));
     assert_eq!(json(&runs)["runs"][0]["state"], "succeeded", "{}", describe(&runs));
+    // A worker or a scheduler joins a running daisy run only: they never start a server.
+    for (binary, args) in [
+        (env!("CARGO_BIN_EXE_daisy-worker"), ["--run", "p"]),
+        (env!("CARGO_BIN_EXE_daisy-scheduler"), ["p.toml", "--no-progress"]),
+    ] {
+        let mut command = Command::new(binary);
+        command.args(args);
+        block_env(&mut command, &station.path("attempts"), station.dir.path());
+        let output = run(&mut command);
+        assert_eq!(output.status.code(), Some(2), "{binary}: {}", describe(&output));
+        assert!(stderr(&output).contains("no daisy run is running"), "{}", describe(&output));
+    }
+
     // Requests that do not apply to a finished, successful run are bad input.
     let retry = station.output(&["retry", "p"]);
     assert_eq!(retry.status.code(), Some(2), "{}", describe(&retry));
