@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use daisy::nats::embedded::EmbeddedServerError;
 use daisy::nats::{NatsRun, NatsRunError, NatsRunOptions, ServerChoice};
+use daisy::run_lock::LockHolder;
 use daisy_core::{Pipeline, parse_pipeline};
 use daisy_proto::RunId;
 use daisy_worker::factory::{ChildEnvironment, check_processes, pipeline_processors};
@@ -21,8 +22,11 @@ command = ["sh", "-c", "touch \"block-$DAISY_BLOCK_ID\""]
 "#;
 
 fn embedded(state_dir: &std::path::Path) -> NatsRunOptions {
-    let server =
-        ServerChoice::Embedded { state_dir: state_dir.to_path_buf(), connection_name: None };
+    let server = ServerChoice::Embedded {
+        state_dir: state_dir.to_path_buf(),
+        connection_name: None,
+        holder: LockHolder::this_process("the nats_run test", "embedded NATS"),
+    };
     NatsRunOptions::new(server, RunId::new("touch").unwrap())
 }
 
