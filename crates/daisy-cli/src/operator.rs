@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use daisy::nats::embedded::{EmbeddedServerError, LocalServer, local_server};
+use daisy::nats::embedded::{
+    EmbeddedServerError, LocalServer, embedded_server_running, local_server,
+};
 use daisy::run_lock::{self, LockHolder};
 use daisy_nats::{Nats, RunStatus, RunStreams};
 use daisy_proto::RunId;
@@ -67,6 +69,13 @@ impl LocalRuns {
     /// Whether the server was started for this command (no `daisy run` runs).
     pub fn idle(&self) -> bool {
         matches!(self.server, LocalServer::Started(_))
+    }
+
+    /// Whether the `daisy run` whose live server this command uses has ended
+    /// (and its server with it).
+    pub fn run_ended(&self) -> bool {
+        matches!(self.server, LocalServer::Live { .. })
+            && !embedded_server_running(&self.state_dir).unwrap_or(true)
     }
 }
 

@@ -311,3 +311,44 @@ fn exit_codes_tell_bad_input_from_an_unreachable_server_in_every_binary() {
     let help = stdout(&station.output(&["run", "--help"]));
     assert!(help.contains("$NATS_URL") && help.contains("--embedded"), "{help}");
 }
+
+#[test]
+fn status_watch_of_a_local_run_ends_with_its_daisy_run_and_names_the_resume() {
+    let station = Workstation::new(40, "max_workers = 2");
+    let mut running = Proc::spawn(
+        "daisy run",
+        station.daisy(&["run", "p.toml", "--no-progress"]).env("SLEEP", "0.3"),
+    );
+    wait_until("blocks to start", RUN_DEADLINE, || line_count(&station.path("attempts")) >= 2);
+    // Output to files, to see when the watch has shown its first status.
+    let (shown, said) = (station.path("watch.out"), station.path("watch.err"));
+    let mut watch = station.daisy(&["status", "--watch"]);
+    watch.stdout(std::fs::File::create(&shown).unwrap());
+    watch.stderr(std::fs::File::create(&said).unwrap());
+    let mut watch = KillOnDrop(watch.spawn().unwrap());
+    wait_until("the first status", RUN_DEADLINE, || {
+        std::fs::read_to_string(&shown).is_ok_and(|text| text.contains("running"))
+    });
+
+    running.signal("INT");
+    assert_eq!(running.wait(RUN_DEADLINE), Some(1), "{}", running.describe());
+    let mut code = None;
+    wait_until("the watch to end", RUN_DEADLINE, || {
+        code = watch.0.try_wait().unwrap().map(|status| status.code());
+        code.is_some()
+    });
+    let said = std::fs::read_to_string(&said).unwrap();
+    assert_eq!(code, Some(Some(1)), "{said}");
+    assert!(said.contains("ended before the run finished"), "{said}");
+    assert!(said.contains("resume it with:\n  daisy run p.toml"), "{said}");
+}
+
+/// A child whose output goes to files, SIGKILLed if the test ends first.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -109,7 +109,24 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let terminal = std::io::stdout().is_terminal();
         let mut first = true;
         loop {
-            let state = RunState::read(&streams).await?;
+            // The server of a local run goes with its `daisy run` (Ctrl-C there).
+            let run_ended = || session.local.as_ref().is_some_and(|local| local.run_ended());
+            let read = if first || !run_ended() { RunState::read(&streams).await } else {
+                Err(anyhow::anyhow!("the daisy run ended"))
+            };
+            let state = match read {
+                Ok(state) => state,
+                Err(_) if !first && run_ended() => {
+                    let run = streams.run();
+                    eprintln!(
+                        "daisy: the daisy run of '{run}' ended before the run finished, and its \
+                         server with it; resume it with:\n{}",
+                        session.resume_hint(run)
+                    );
+                    break anyhow::Ok(ExitCode::from(crate::EXIT_FAILED));
+                }
+                Err(err) => return Err(err),
+            };
             if args.json {
                 print_json(&StatusJson::of(&state))?;
             } else {

@@ -236,6 +236,15 @@ impl LocalServer {
 /// moment (it reads a few keys and stops its server).
 const BRIEF_HOLDER_WAIT: Duration = Duration::from_secs(10);
 
+/// Whether a process holds the embedded server of `state_dir` now (a `daisy run`, or a
+/// command's short-lived server).
+///
+/// # Errors
+/// The lock file exists but cannot be probed.
+pub fn embedded_server_running(state_dir: &Path) -> std::io::Result<bool> {
+    run_lock::is_held(&state_dir.join("nats").join(LOCK_FILE))
+}
+
 /// How long a command waits for a `daisy run` that holds the state dir to publish its
 /// server's URL: the server starts in well under a second.
 const URL_WAIT: Duration = Duration::from_secs(10);
