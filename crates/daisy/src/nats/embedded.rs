@@ -67,11 +67,7 @@ pub enum EmbeddedServerError {
     Lock(LockError),
     /// Another process (a `daisy run`, or an operator command's short-lived server) holds
     /// the state dir's server.
-    #[error(
-        "the embedded NATS server of {} is in use by {}",
-        dir.display(),
-        holder.as_ref().map_or_else(|| "another daisy process".to_owned(), ToString::to_string)
-    )]
+    #[error("the embedded NATS server of {} is in use by {}", dir.display(), holder_name(holder))]
     InUse {
         /// `<state-dir>/nats`.
         dir: PathBuf,
@@ -91,7 +87,12 @@ pub enum EmbeddedServerError {
         dir: PathBuf,
     },
     /// A live `daisy run` holds the state dir but published no URL in time.
-    #[error("{} holds {} but published no server URL in {}", holder.as_ref().map_or_else(|| "another daisy process".to_owned(), ToString::to_string), dir.display(), url_file.display())]
+    #[error(
+        "{} holds {} but published no server URL in {}",
+        holder_name(holder),
+        dir.display(),
+        url_file.display()
+    )]
     NoUrl {
         /// `<state-dir>/nats`.
         dir: PathBuf,
@@ -112,6 +113,11 @@ pub enum EmbeddedServerError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A lock's holder for a message, when its note could be read.
+fn holder_name(holder: &Option<LockHolder>) -> String {
+    holder.as_ref().map_or_else(|| "another daisy process".to_owned(), ToString::to_string)
 }
 
 /// A running embedded server, holding its state dir's lock until stopped
