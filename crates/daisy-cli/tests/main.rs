@@ -1,9 +1,11 @@
 //! Tests of the `daisy` binaries, run as a user runs them.
 
 mod conflict_faults;
+mod docs;
 mod faults;
 mod ops;
 mod plan;
 mod run;
+mod smooth;
 mod timeline;
 mod util;

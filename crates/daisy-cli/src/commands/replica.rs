@@ -37,7 +37,7 @@ the run was interrupted; 2 bad input.";
 
 /// One scheduler replica of a daisy-rs run over NATS JetStream.
 #[derive(Debug, Parser)]
-#[command(name = "daisy-scheduler", version, about, after_help = AFTER_HELP)]
+#[command(name = "daisy-scheduler", version, after_help = AFTER_HELP)]
 struct SchedulerCli {
     /// The pipeline file (TOML).
     file: PathBuf,
