@@ -3,6 +3,7 @@
 mod conflict_faults;
 mod docs;
 mod faults;
+mod logs;
 mod ops;
 mod plan;
 mod run;

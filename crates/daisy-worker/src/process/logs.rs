@@ -21,7 +21,7 @@ pub(super) struct SlotLogFiles {
     pub(super) err: File,
 }
 
-/// Opens (creating as needed) `<log_dir>/<task>/worker_<n>.out|.err` in append mode.
+/// Opens (creating as needed) the slot's `.out` and `.err` logs in append mode.
 pub(super) fn open_slot_logs(slot: &SlotConfig) -> io::Result<SlotLogFiles> {
     let out_path = slot.out_log_path();
     if let Some(dir) = out_path.parent() {
