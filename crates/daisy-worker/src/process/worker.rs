@@ -453,50 +453,43 @@ impl RunningWorker {
             tracing::debug!(task_id = %slot.task_id, block_id, pid = self.pid, %error, "cannot write block to worker stdin");
             return Exchange::Died;
         }
-        loop {
-            let event = match deadline {
-                Some(deadline) => {
-                    self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
-                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match event {
-                Ok(WorkerEvent::Reply(reply, _)) if reply.block_id == block_id => {
-                    return Exchange::Replied(reply);
-                }
-                Ok(WorkerEvent::Reply(reply, line)) => {
-                    log_protocol_error(slot, self.pid, &line, Some(block_id));
-                    return Exchange::ProtocolError(format!(
-                        "replied for block {} while block {block_id} was in flight: {line}",
-                        reply.block_id
-                    ));
-                }
-                Ok(WorkerEvent::Malformed(line)) => {
-                    log_protocol_error(slot, self.pid, &line, Some(block_id));
-                    return Exchange::ProtocolError(format!(
-                        "wrote a line that is not a valid reply: {line}"
-                    ));
-                }
-                Ok(WorkerEvent::StdoutClosed) => {
-                    self.stdout_closed = true;
-                    return Exchange::Died;
-                }
-                Ok(WorkerEvent::Exited(status)) => {
-                    self.exit = Some(status);
-                    // A reply written just before exiting may still be in the pipe.
-                    return match self.wait_for(
-                        EXIT_DRAIN_GRACE,
-                        Until::StdoutClosed,
-                        Some(block_id),
-                        slot,
-                    ) {
-                        Some(reply) => Exchange::Replied(reply),
-                        None => Exchange::Died,
-                    };
-                }
-                Err(RecvTimeoutError::Timeout) => return Exchange::TimedOut,
-                Err(RecvTimeoutError::Disconnected) => return Exchange::Died,
+        // One event decides: every event a child sends while a block is in flight either
+        // answers it or ends the exchange (a protocol error, a death).
+        let event = match deadline {
+            Some(deadline) => {
+                self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             }
+            None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match event {
+            Ok(WorkerEvent::Reply(reply, _)) if reply.block_id == block_id => {
+                Exchange::Replied(reply)
+            }
+            Ok(WorkerEvent::Reply(reply, line)) => {
+                log_protocol_error(slot, self.pid, &line, Some(block_id));
+                Exchange::ProtocolError(format!(
+                    "replied for block {} while block {block_id} was in flight: {line}",
+                    reply.block_id
+                ))
+            }
+            Ok(WorkerEvent::Malformed(line)) => {
+                log_protocol_error(slot, self.pid, &line, Some(block_id));
+                Exchange::ProtocolError(format!("wrote a line that is not a valid reply: {line}"))
+            }
+            Ok(WorkerEvent::StdoutClosed) => {
+                self.stdout_closed = true;
+                Exchange::Died
+            }
+            Ok(WorkerEvent::Exited(status)) => {
+                self.exit = Some(status);
+                // A reply written just before exiting may still be in the pipe.
+                match self.wait_for(EXIT_DRAIN_GRACE, Until::StdoutClosed, Some(block_id), slot) {
+                    Some(reply) => Exchange::Replied(reply),
+                    None => Exchange::Died,
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => Exchange::TimedOut,
+            Err(RecvTimeoutError::Disconnected) => Exchange::Died,
         }
     }
 
