@@ -68,7 +68,9 @@ The pipeline file format is described in the README (\"The pipeline file\")."
 
 /// Plan and run blockwise pipelines over huge nD volumes (a Rust Daisy).
 #[derive(Debug, Parser)]
-#[command(name = "daisy", version, about, after_help = AFTER_HELP)]
+// `about` comes from the doc comment above, not from the package description: that one
+// describes all three binaries, and every `--help` opened with it.
+#[command(name = "daisy", version, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -96,7 +96,8 @@ pub struct Progress {
     bars: Option<(MultiProgress, Vec<ProgressBar>)>,
     task_width: usize,
     started: Instant,
-    last_printed: Vec<TaskCounters>,
+    /// The lines (without their time) printed last in [`ProgressMode::Lines`].
+    last_printed: Vec<String>,
 }
 
 impl Progress {
@@ -133,7 +134,7 @@ impl Progress {
         match self.mode {
             ProgressMode::Off => {}
             ProgressMode::Bars => self.update_bars(snapshot),
-            ProgressMode::Lines => self.print_lines(snapshot, false),
+            ProgressMode::Lines => self.print_lines(snapshot),
         }
     }
 
@@ -150,7 +151,7 @@ impl Progress {
                 }
                 self.logs.detach();
             }
-            ProgressMode::Lines => self.print_lines(report, true),
+            ProgressMode::Lines => self.print_lines(report),
         }
     }
 
@@ -164,25 +165,35 @@ impl Progress {
         }
     }
 
-    fn print_lines(&mut self, snapshot: &RunSnapshot, last: bool) {
-        let counters: Vec<TaskCounters> = snapshot.tasks.iter().map(|t| t.counters).collect();
-        if counters.is_empty() || (!last && counters == self.last_printed) {
+    /// Prints a line per task unless they would repeat the last ones: the
+    /// final state is often printed by the last tick already, and a log that
+    /// ends with the same lines twice reads as if the run did something in
+    /// between.
+    fn print_lines(&mut self, snapshot: &RunSnapshot) {
+        let width = self.task_width;
+        let lines: Vec<String> = snapshot
+            .tasks
+            .iter()
+            .map(|task| {
+                let counters = &task.counters;
+                format!(
+                    "{} {:<width$} {}/{} blocks  {}",
+                    task_symbol(task, snapshot.finished),
+                    task.id,
+                    done(counters),
+                    counters.total,
+                    counts(counters),
+                )
+            })
+            .collect();
+        if lines.is_empty() || lines == self.last_printed {
             return;
         }
-        let width = self.task_width;
         let seconds = self.started.elapsed().as_secs_f64();
-        for task in &snapshot.tasks {
-            let counters = &task.counters;
-            self.logs.note(&format!(
-                "[{seconds:6.1}s] {} {:<width$} {}/{} blocks  {}",
-                task_symbol(task, snapshot.finished),
-                task.id,
-                done(counters),
-                counters.total,
-                counts(counters),
-            ));
+        for line in &lines {
+            self.logs.note(&format!("[{seconds:6.1}s] {line}"));
         }
-        self.last_printed = counters;
+        self.last_printed = lines;
     }
 }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use daisy_core::{Pipeline, TaskCounters};
 use daisy_proto::FailureKind;
 use daisy_scheduler::RunReport;
+use daisy_worker::process::LogWriter;
 use serde::Serialize;
 
 use crate::progress::task_symbol;
@@ -37,18 +38,32 @@ fn kind_name(kind: FailureKind) -> &'static str {
     }
 }
 
-/// The worker slot in an in-process worker id (`<task>-<pid>-<slot>`).
+/// The worker slot in a worker id (`<task>-<pid>-<slot>` in-process,
+/// `<host>-<pid>-<task>-<slot>` over NATS).
 fn slot_of(worker: &str) -> Option<u32> {
     worker.rsplit_once('-').and_then(|(_, slot)| slot.parse().ok())
 }
 
-/// The `.err` log of the worker that reported an error.
+/// The `.err` log of the worker that reported an error:
+/// `<log_dir>/<task>/<host>-<pid>/worker_<slot>.err`, as the worker's process
+/// names it (`daisy_worker::process::SlotConfig::err_log_path`).
 fn err_log(log_dir: &Path, task: &str, worker: &str) -> PathBuf {
-    let file = match slot_of(worker) {
+    let slot = slot_of(worker);
+    let this_process = LogWriter::this_process();
+    let process = slot.and_then(|slot| {
+        // Over NATS the id starts with the worker process's `<host>-<pid>`.
+        if let Some(process) = worker.strip_suffix(&format!("-{task}-{slot}")) {
+            return Some(process.to_owned());
+        }
+        // In-process slots run in this very process.
+        let in_process = format!("{task}-{}-{slot}", this_process.pid);
+        (worker == in_process).then(|| this_process.directory.clone())
+    });
+    let file = match slot {
         Some(slot) => format!("worker_{slot}.err"),
         None => "worker_<n>.err".to_owned(),
     };
-    log_dir.join(task).join(file)
+    log_dir.join(task).join(process.unwrap_or_else(|| "<host>-<pid>".to_owned())).join(file)
 }
 
 /// A duration as the pipeline file writes it: `90s`, `10m`, `2h`, `1.5s`.
@@ -222,7 +237,12 @@ pub fn write_text(
         writeln!(
             out,
             "worker logs: {}",
-            places.log_dir.join("<task>").join("worker_<n>.{out,err}").display()
+            places
+                .log_dir
+                .join("<task>")
+                .join("<host>-<pid>")
+                .join("worker_<n>.{out,err}")
+                .display()
         )?;
     }
     writeln!(out)?;

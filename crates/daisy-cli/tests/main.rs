@@ -1,10 +1,13 @@
 //! Tests of the `daisy` binaries, run as a user runs them.
 
 mod conflict_faults;
+mod docs;
 mod faults;
 mod local;
+mod logs;
 mod ops;
 mod plan;
 mod run;
+mod smooth;
 mod timeline;
 mod util;

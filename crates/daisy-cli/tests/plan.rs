@@ -89,3 +89,85 @@ fn invalid_pipelines_name_the_task_and_the_field() {
     let missing = run(daisy().arg("plan").arg(dir.path().join("missing.toml")));
     assert_eq!(missing.status.code(), Some(2));
 }
+
+/// Issue 14, item 6: the old smooth example named `smooth.py` and `./label-block`, which did
+/// not exist, and `daisy run` orphaned every block. `daisy plan` says so before a run.
+#[test]
+fn regression_14_plan_warns_about_programs_and_scripts_that_do_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("here.py"), "").unwrap();
+    let task = |id: &str, process: &str| {
+        format!(
+            "[[task]]\nid = \"{id}\"\ntotal_roi = {{ offset = [0], shape = [4] }}\n\
+             read_roi = {{ offset = [0], shape = [2] }}\nwrite_roi = {{ offset = [0], shape = [2] }}\n\
+             {process}\n"
+        )
+    };
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        [
+            task("fine", "worker = [\"python3\", \"-u\", \"here.py\"]\ncheck = [\"true\"]"),
+            task("script", "worker = [\"python3\", \"smooth.py\"]"),
+            task("relative", "command = [\"./label-block\"]"),
+            task("bare", "command = [\"no-such-program-daisy\"]\ncheck = [\"sh\", \"done.sh\"]"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let output = run(daisy().arg("plan").arg(&pipeline));
+    assert!(output.status.success(), "a warning does not fail the plan: {}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning: ")).collect();
+    let expected = [
+        "task 'script': worker script `smooth.py` not found",
+        "task 'relative': command program `./label-block` not found",
+        "task 'bare': command program `no-such-program-daisy` not found (on PATH)",
+        "task 'bare': check script `done.sh` not found",
+    ];
+    assert_eq!(warnings.len(), expected.len(), "{stderr}");
+    for (warning, expected) in warnings.iter().zip(expected) {
+        assert!(warning.contains(expected), "{expected:?} not in {warning:?}");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("8 blocks in 4 tasks;"), "{stdout}");
+
+    // The example the README points at plans without a warning.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/smooth/pipeline.toml");
+    let output = run(daisy().arg("plan").arg(&example));
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{}", describe(&output));
+}
+
+/// Issue 14, item 10: `daisy plan --json --blocks | head` printed a Broken pipe error.
+#[test]
+fn regression_14_plan_exits_quietly_when_its_reader_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("one.toml");
+    std::fs::write(
+        &pipeline,
+        "[[task]]\nid = \"only\"\ntotal_roi = { offset = [0], shape = [200000] }\n\
+         read_roi = { offset = [0], shape = [1] }\nwrite_roi = { offset = [0], shape = [1] }\n\
+         command = [\"true\"]\n",
+    )
+    .unwrap();
+    let table = run(daisy().arg("plan").arg(&pipeline));
+    assert!(String::from_utf8_lossy(&table.stdout).contains("200000 blocks in 1 task;"));
+
+    let mut child = daisy()
+        .args(["plan", "--json", "--blocks"])
+        .arg(&pipeline)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read a little, as `head -c` does, then close the pipe with megabytes still to come.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1024];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "nothing to say about a closed pipe");
+}

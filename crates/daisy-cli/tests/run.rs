@@ -90,6 +90,21 @@ impl Project {
         self.dir.path().join(name)
     }
 
+    /// Every `.ext` log of `task`'s worker slots, of every daisy process
+    /// (`logs/<task>/<host>-<pid>/worker_<n>.<ext>`), one after the other.
+    fn worker_logs(&self, task: &str, ext: &str) -> String {
+        let mut text = String::new();
+        for process in std::fs::read_dir(self.path("logs").join(task)).unwrap() {
+            for file in std::fs::read_dir(process.unwrap().path()).unwrap() {
+                let path = file.unwrap().path();
+                if path.extension().is_some_and(|found| found == ext) {
+                    text += &std::fs::read_to_string(path).unwrap();
+                }
+            }
+        }
+        text
+    }
+
     /// Writes a file into the project's `pipelines/` dir (executable).
     fn write(&self, name: &str, text: &str) {
         let path = self.path("pipelines").join(name);
@@ -190,8 +205,7 @@ fn python_workers_process_every_block_once_and_a_second_run_skips_them_all() {
     assert!(text.contains("all 16 blocks processed successfully"), "{text}");
     // The helper came from the state dir, and user prints went to the logs.
     assert!(project.path("state/python/daisy_worker.py").is_file());
-    let out_log = std::fs::read_to_string(project.path("logs/up/worker_0.out")).unwrap()
-        + &std::fs::read_to_string(project.path("logs/up/worker_1.out")).unwrap_or_default();
+    let out_log = project.worker_logs("up", "out");
     assert!(out_log.contains("processing up"), "{out_log}");
     assert!(stderr(&output).contains("new run"), "{}", describe(&output));
 
@@ -320,7 +334,7 @@ fn garbage_on_a_workers_stdout_is_logged_and_the_run_completes() {
     let attempts = project.attempts();
     assert_each_ran_once(&attempts, &[("noisy", 4)]);
     assert!(all_first(&attempts), "{attempts:?}");
-    let out_log = std::fs::read_to_string(project.path("logs/noisy/worker_0.out")).unwrap();
+    let out_log = project.worker_logs("noisy", "out");
     assert!(out_log.contains("garbage {not json"), "{out_log}");
 }
 
@@ -347,7 +361,10 @@ fn a_block_over_its_timeout_is_failed_as_a_timeout_with_a_hint() {
         "{text}"
     );
     assert!(text.contains("timeout = \"4s\""), "{text}");
-    assert!(text.contains("logs/slow/worker_0.err"), "{text}");
+    // The summary names the very file of the slot that failed (issue 14, item 7).
+    let see = text.lines().find_map(|line| line.trim().strip_prefix("see ")).unwrap();
+    assert!(see.contains("logs/slow/") && see.ends_with("/worker_0.err"), "{text}");
+    assert!(project.path(see).is_file(), "{see} does not exist:\n{text}");
     assert!(text.contains("2 of 3 completed; 1 block failed"), "{text}");
 }
 

@@ -282,7 +282,14 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<TaskSpec>, SpecError> {
             }
             None => (None, None),
         };
-        SpecError::Syntax { message: err.to_string().trim_end().to_owned(), line, column }
+        let mut message = err.to_string().trim_end().to_owned();
+        if let (Some(span), Some(line)) = (err.span(), line)
+            && let Some(hint) = unclosed_bracket_hint(text, span.start, line)
+        {
+            message.push('\n');
+            message.push_str(&hint);
+        }
+        SpecError::Syntax { message, line, column }
     })?;
     if file.task.is_empty() {
         return Err(SpecError::NoTasks);
@@ -292,6 +299,59 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<TaskSpec>, SpecError> {
         .enumerate()
         .map(|(position, entry)| task_from_entry(position, entry))
         .collect()
+}
+
+/// Says which `{` or `[` opened on an earlier line than `error_line` is still
+/// open at byte `error_at`. The parser reports a missing `}` where the next
+/// line begins ("missing comma between key-value pairs"), which points away
+/// from the mistake; the bracket that was never closed points at it.
+fn unclosed_bracket_hint(text: &str, error_at: usize, error_line: usize) -> Option<String> {
+    let mut open: Vec<(char, usize, usize)> = Vec::new();
+    let mut in_string: Option<char> = None;
+    let mut escaped = false;
+    let (mut line, mut column) = (1, 0);
+    let mut chars = text[..error_at.min(text.len())].chars();
+    while let Some(c) = chars.next() {
+        column += 1;
+        match (in_string, c) {
+            (_, '\n') => {
+                (line, column) = (line + 1, 0);
+                in_string = None;
+            }
+            (Some('"'), '\\') if !escaped => {
+                escaped = true;
+                continue;
+            }
+            (Some(quote), c) if c == quote && !escaped => in_string = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => in_string = Some(c),
+            (None, '#') => {
+                // A comment runs to the end of the line.
+                for rest in chars.by_ref() {
+                    if rest == '\n' {
+                        (line, column) = (line + 1, 0);
+                        break;
+                    }
+                }
+            }
+            (None, '{' | '[') => open.push((c, line, column)),
+            (None, '}' | ']') => {
+                open.pop();
+            }
+            (None, _) => {}
+        }
+        escaped = false;
+    }
+    let &(bracket, line, column) = open.last()?;
+    if line >= error_line {
+        return None;
+    }
+    let (what, close) = if bracket == '{' { ("inline table", '}') } else { ("array", ']') };
+    let source = text.lines().nth(line - 1).unwrap_or("").trim_end();
+    Some(format!(
+        "the {what} `{bracket}` opened at line {line}, column {column} is not closed: \
+         `{source}`; add `{close}` where it ends"
+    ))
 }
 
 /// Writes task specs in the pipeline file format, the inverse of
@@ -567,6 +627,30 @@ command = ["true"]
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// Issue 14, item 10: a `}` missing at the end of a line was reported on
+    /// the next line as a missing comma.
+    #[test]
+    fn regression_14_an_unclosed_inline_table_is_named_where_it_opens() {
+        let text = "[[task]]\nid = \"a\" # {\ntotal_roi = { offset = [0], shape = [10]\n\
+                    read_roi = { offset = [0], shape = [2] }\n";
+        let Err(SpecError::Syntax { message, .. }) = parse_pipeline(text) else {
+            panic!("a missing `}}` is a syntax error");
+        };
+        assert!(
+            message.contains(
+                "the inline table `{` opened at line 3, column 13 is not closed: `total_roi = \
+                 { offset = [0], shape = [10]`; add `}` where it ends"
+            ),
+            "{message}"
+        );
+        // A bracket closed on its line is never blamed.
+        let type_error = MINIMAL.replace("shape = [6, 6]", "shape = [6, \"6\"]");
+        let Err(SpecError::Syntax { message, .. }) = parse_pipeline(&type_error) else {
+            panic!("a string in a shape is a type error");
+        };
+        assert!(!message.contains("not closed"), "{message}");
     }
 
     #[test]

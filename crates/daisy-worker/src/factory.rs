@@ -38,8 +38,8 @@ use daisy_core::{Pipeline, ProcessSpec, TaskId, TaskIndex, TaskSpec};
 use daisy_proto::FailureKind;
 
 use crate::process::{
-    CheckProcess, CommandLine, CommandProcess, EmptyCommand, PYTHON_HELPER_SOURCE, Processor,
-    SlotConfig, WorkerProcess,
+    CheckProcess, CommandLine, CommandProcess, EmptyCommand, LogWriter, PYTHON_HELPER_SOURCE,
+    Processor, SlotConfig, WorkerProcess,
 };
 use crate::runner::{BlockProcessor, CommandProcessor, ProcessError, WorkBlock};
 
@@ -54,8 +54,10 @@ const PYTHON_HELPER_FILE: &str = "daisy_worker.py";
 /// logs go, extra environment.
 #[derive(Debug, Clone)]
 pub struct ChildEnvironment {
-    /// The base log dir, absolute: `<log_dir>/<task>/worker_<n>.out|err`.
+    /// The base log dir, absolute: `<log_dir>/<task>/<host>-<pid>/worker_<n>.out|err`.
     pub log_dir: PathBuf,
+    /// This process, which names the logs' directory and heads them.
+    pub writer: LogWriter,
     /// Where children start and relative program paths resolve, absolute.
     pub current_dir: PathBuf,
     /// Extra variables of every child (`PYTHONPATH` and friends).
@@ -66,7 +68,12 @@ impl ChildEnvironment {
     /// Children starting in `current_dir`, logging under `log_dir`, with no
     /// extra environment.
     pub fn new(log_dir: impl Into<PathBuf>, current_dir: impl Into<PathBuf>) -> Self {
-        Self { log_dir: log_dir.into(), current_dir: current_dir.into(), env: Vec::new() }
+        Self {
+            log_dir: log_dir.into(),
+            writer: LogWriter::this_process(),
+            current_dir: current_dir.into(),
+            env: Vec::new(),
+        }
     }
 
     /// Writes the Python helper into `<state_dir>/python/` (unless an
@@ -161,6 +168,7 @@ impl TaskProcesses {
             task_id: self.task_id.clone(),
             worker_id: slot,
             log_dir: environment.log_dir.clone(),
+            writer: environment.writer.clone(),
             env: environment.env.clone(),
             current_dir: Some(environment.current_dir.clone()),
         };

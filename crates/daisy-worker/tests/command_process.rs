@@ -19,7 +19,12 @@ fn command_exit_zero_is_success_and_sees_the_block_in_its_env() {
     assert_eq!(processor.restarts(), 0);
 
     let slot = slot(&dir, 1);
-    assert_eq!(slot.out_log_path(), dir.path().join("logs").join(TASK).join("worker_1.out"));
+    // Issue 14, item 7: one directory per daisy process, so two workers never share a file.
+    let process_dir = format!("{}-{}", slot.writer.host, std::process::id());
+    assert_eq!(
+        slot.out_log_path(),
+        dir.path().join("logs").join(TASK).join(process_dir).join("worker_1.out")
+    );
     let out = read(&slot.out_log_path());
     assert!(out.contains("block=7 task=smooth worker=1"), "{out}");
     assert!(
@@ -29,10 +34,10 @@ fn command_exit_zero_is_success_and_sees_the_block_in_its_env() {
         "{out}"
     );
     assert!(out.contains("block=8 task=smooth worker=1"), "{out}");
-    assert_eq!(out.matches("=== daisy run ").count(), 1, "one separator per processor:\n{out}");
+    assert_eq!(out.matches("=== daisy-rs: ").count(), 1, "one separator per processor:\n{out}");
     assert!(out.contains("--- block 7 attempt 1 (command) ---"), "{out}");
     let err = read(&slot.err_log_path());
-    assert_eq!(err.matches("to stderr").count(), 2, "{err}");
+    assert_eq!(err.lines().filter(|line| *line == "to stderr").count(), 2, "{err}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use daisy_worker::process::{
-    BlockLine, BlockRoi, CommandLine, PYTHON_HELPER_SOURCE, SlotConfig, WorkerProcess,
+    BlockLine, BlockRoi, CommandLine, LogWriter, PYTHON_HELPER_SOURCE, SlotConfig, WorkerProcess,
 };
 use tempfile::TempDir;
 
@@ -19,6 +19,7 @@ pub fn slot(dir: &TempDir, worker_id: u32) -> SlotConfig {
         task_id: TASK.to_owned(),
         worker_id,
         log_dir: dir.path().join("logs"),
+        writer: LogWriter::this_process(),
         env: Vec::new(),
         current_dir: None,
     }

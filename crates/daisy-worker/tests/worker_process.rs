@@ -67,8 +67,16 @@ daisy_worker.serve(process)
     for expected in ["hello from block 1", "no newline", "c-level write", "spoofed"] {
         assert!(out.contains(expected), "{expected:?} missing from .out log:\n{out}");
     }
-    assert!(out.starts_with("=== daisy run "), "{out}");
-    assert!(out.contains(&format!(" pid {pid} ===")), "{out}");
+    // Issue 14, item 7: the header says which daisy process wrote the log and what it ran.
+    let writer = &slot.writer;
+    let header = format!(
+        "=== daisy-rs: {} on {} (pid {}), task smooth slot 0: started `python3 ",
+        writer.program,
+        writer.host,
+        std::process::id()
+    );
+    assert!(out.starts_with(&header), "{header:?} does not head the log:\n{out}");
+    assert!(out.contains(&format!("worker.py` as pid {pid} at ")), "{out}");
     let err = read(&slot.err_log_path());
     assert!(err.contains("Traceback"), "{err}");
     assert!(err.contains("ValueError: boom in block 2"), "{err}");
@@ -87,8 +95,7 @@ for line in sys.stdin:
     i = block["block_id"]
     print("plain garbage")
     print(json.dumps({"not": "a reply"}))
-    print(json.dumps({"block_id": i, "status": "ok"}))
-    print(json.dumps({"block_id": i + 1000, "status": "failed", "error": "other block"}))
+    print("{ not json, block_id")
     sys.stdout.buffer.write(b"\xff\xfe not utf-8\n")
     sys.stdout.write("partial progress ")
     print(json.dumps({"block_id": i, "status": "success"}), flush=True)
@@ -102,11 +109,55 @@ for line in sys.stdin:
 
     let out = read(&slot(&dir, 0).out_log_path());
     for expected in
-        ["plain garbage", r#"{"not": "a reply"}"#, r#""status": "ok""#, "partial progress"]
+        ["plain garbage", r#"{"not": "a reply"}"#, "{ not json, block_id", "partial progress"]
     {
         assert!(out.contains(expected), "{expected:?} missing from .out log:\n{out}");
     }
     assert!(!out.contains(r#""status": "success""#), "replies are not logged:\n{out}");
+}
+
+/// Issue 14, item 2: a reply with a typo or for another block used to be logged and the
+/// block left waiting for its timeout (10 minutes by default), which the summary then
+/// blamed. It fails the block at once, quoting the line, and the next block gets a fresh
+/// child.
+#[test]
+fn regression_14_an_invalid_reply_fails_the_block_at_once_and_restarts_the_worker() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = python_worker(
+        &dir,
+        r#"
+import json, os, sys
+for line in sys.stdin:
+    i = json.loads(line)["block_id"]
+    if i == 1:
+        reply = {"block_id": i, "status": "sucess"}
+    elif i == 2:
+        reply = {"block_id": i + 1000, "status": "success"}
+    elif i == 3:
+        reply = {"block_id": i, "status": "done", "error": "x" * 5000}
+    else:
+        reply = {"block_id": i, "status": "success"}
+    print(json.dumps(reply), flush=True)
+"#,
+    );
+    // Far longer than the test may take: a block that waits for it is a failure.
+    let patience = Duration::from_secs(120);
+
+    let typo = worker.process(&block(1), patience).expect_err("a typo in status is an error");
+    assert_eq!(typo.kind, FailureKind::Failed, "{typo}");
+    assert!(typo.message.contains(r#"`{"block_id": 1, "status": "sucess"}`"#), "{typo}");
+    assert!(worker.pid().is_none(), "the child that broke the protocol is gone");
+
+    let other = worker.process(&block(2), patience).expect_err("a reply for another block");
+    assert_eq!(other.kind, FailureKind::Failed, "{other}");
+    assert!(other.message.contains("replied for block 1002 while block 2"), "{other}");
+    assert_eq!(worker.restarts(), 1, "block 2 ran in a fresh child");
+
+    let long = worker.process(&block(3), patience).expect_err("an unknown status");
+    assert!(long.message.contains("(shortened)") && long.message.len() < 1000, "{long}");
+    assert_eq!(worker.process(&block(4), patience), Ok(()));
+    assert_eq!(worker.restarts(), 3, "blocks 2, 3 and 4 each ran in a fresh child");
+    worker.shutdown(Duration::from_secs(5));
 }
 
 #[test]
@@ -139,7 +190,7 @@ daisy_worker.serve(process)
     assert_eq!(worker.restarts(), 1);
 
     let err = read(&slot(&dir, 0).err_log_path());
-    assert_eq!(err.matches("=== daisy run ").count(), 2, "one separator per start:\n{err}");
+    assert_eq!(err.matches("=== daisy-rs: ").count(), 2, "one separator per start:\n{err}");
 }
 
 #[test]

@@ -74,10 +74,13 @@ pub fn run(args: CancelArgs) -> anyhow::Result<ExitCode> {
             Some(leader) => format!("its leader {leader} stops dispatching and exits"),
             None => "no scheduler leads it now".to_owned(),
         };
+        let workers = match state.workers {
+            1 => "1 live worker finishes its blocks".to_owned(),
+            n => format!("{n} live workers finish their blocks"),
+        };
         println!(
-            "cancel recorded for run {run}: {leader}; {} live workers finish their blocks in \
-             flight and exit. Resume it with:\n{}",
-            state.workers,
+            "cancel recorded for run {run}: {leader}; {workers} in flight and exit. Resume it \
+             with:\n{}",
             session.resume_hint(&run)
         );
         anyhow::Ok(ExitCode::SUCCESS)

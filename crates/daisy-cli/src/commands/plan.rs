@@ -1,14 +1,13 @@
 //! `daisy plan`: what a pipeline will do, before anything runs.
 
-use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use daisy_core::plan::Plan;
-use daisy_core::{Pipeline, simulate_with_progress};
+use daisy_core::{Pipeline, ProcessSpec, simulate_with_progress};
 use serde::Serialize;
 
 use crate::input::load_pipeline;
@@ -69,14 +68,32 @@ struct JsonOutput {
 /// Runs `daisy plan`.
 pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let pipeline = load_pipeline(&args.file)?;
+    let pipeline_dir = args.file.parent().unwrap_or(Path::new("."));
+    for warning in missing_programs(&pipeline, pipeline_dir) {
+        eprintln!("warning: {warning}");
+    }
     let simulated = args.simulate.then(|| simulate(&pipeline, !args.json)).transpose()?;
-    let mut stdout = std::io::stdout().lock();
+    match write_plan(&args, &pipeline, simulated) {
+        // `daisy plan --json --blocks | head`: the reader has all it wants. Exit
+        // quietly, as Unix tools do on a closed pipe.
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(err) => Err(anyhow::Error::new(err).context("writing the plan")),
+        Ok(()) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn write_plan(
+    args: &PlanArgs,
+    pipeline: &Pipeline,
+    simulated: Option<SimulationReport>,
+) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
     if args.json {
-        let output = JsonOutput { plan: Plan::new(&pipeline, args.blocks), simulated };
-        serde_json::to_writer(&mut stdout, &output).context("writing the plan")?;
+        let output = JsonOutput { plan: Plan::new(pipeline, args.blocks), simulated };
+        serde_json::to_writer(&mut stdout, &output)?;
         writeln!(stdout)?;
     } else {
-        write_table(&mut stdout, &pipeline)?;
+        write_table(&mut stdout, pipeline)?;
         if let Some(report) = simulated {
             writeln!(
                 stdout,
@@ -90,7 +107,77 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
             )?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    stdout.flush()
+}
+
+/// Interpreters whose first argument that is not a flag is the script they run.
+const INTERPRETERS: &[&str] =
+    &["python", "python3", "sh", "bash", "zsh", "Rscript", "julia", "perl", "ruby", "node"];
+
+/// A warning for every `worker`, `command` or `check` program (or an
+/// interpreter's script) that does not exist where `daisy run` would start
+/// it: a relative path against the pipeline file's directory, a bare name on
+/// `PATH`. Only a warning: a `daisy-worker` on another machine may have what
+/// this one lacks.
+fn missing_programs(pipeline: &Pipeline, pipeline_dir: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for task in pipeline.tasks() {
+        let spec = &task.spec;
+        let process = match &spec.process {
+            Some(ProcessSpec::Worker(argv)) => Some(("worker", argv)),
+            Some(ProcessSpec::Command(argv)) => Some(("command", argv)),
+            None => None,
+        };
+        for (key, argv) in
+            process.into_iter().chain(spec.check.as_ref().map(|argv| ("check", argv)))
+        {
+            let Some(program) = argv.first() else { continue };
+            let where_ = |path: &str| {
+                if path.contains('/') {
+                    format!("{}", pipeline_dir.join(path).display())
+                } else {
+                    "on PATH".to_owned()
+                }
+            };
+            if !program_exists(program, pipeline_dir) {
+                warnings.push(format!(
+                    "task '{}': {key} program `{program}` not found ({}); create it or fix                      `{key} = [..]` in the pipeline file",
+                    spec.id,
+                    where_(program)
+                ));
+                continue;
+            }
+            let interpreter = Path::new(program).file_name().and_then(|name| name.to_str());
+            if !interpreter.is_some_and(|name| INTERPRETERS.contains(&name)) {
+                continue;
+            }
+            if let Some(script) = argv[1..].iter().find(|arg| !arg.starts_with('-'))
+                && Path::new(script).extension().is_some()
+                && !is_file(&pipeline_dir.join(script))
+            {
+                warnings.push(format!(
+                    "task '{}': {key} script `{script}` not found ({}); {key} processes start                      in the pipeline file's directory, so create it there or fix `{key} = [..]`",
+                    spec.id,
+                    pipeline_dir.join(script).display()
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// Whether `program` names a file: a path with a slash relative to `dir`, a
+/// bare name in a directory of `PATH` (as `execvp` looks it up).
+fn program_exists(program: &str, dir: &Path) -> bool {
+    if program.contains('/') {
+        return is_file(&dir.join(program));
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|entry| is_file(&entry.join(program))))
+}
+
+fn is_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| meta.is_file())
 }
 
 fn simulate(
@@ -187,11 +274,13 @@ fn write_table(out: &mut impl Write, pipeline: &Pipeline) -> std::io::Result<()>
     for row in &rows {
         writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
     }
+    let count =
+        |n: u64, noun: &str| if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") };
     writeln!(
         out,
-        "\n{} blocks in {} tasks; every block waits for its conflicting neighbours of the previous level and for the upstream blocks it reads",
-        pipeline.num_blocks(),
-        pipeline.len()
+        "\n{} in {}; every block waits for its conflicting neighbours of the previous level and for the upstream blocks it reads",
+        count(pipeline.num_blocks(), "block"),
+        count(pipeline.len() as u64, "task"),
     )?;
     Ok(())
 }

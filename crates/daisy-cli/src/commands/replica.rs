@@ -42,7 +42,7 @@ Without --nats and NATS_URL, it joins the server of the `daisy run` running in
 
 /// One scheduler replica of a daisy-rs run over NATS JetStream.
 #[derive(Debug, Parser)]
-#[command(name = "daisy-scheduler", version, about, after_help = AFTER_HELP)]
+#[command(name = "daisy-scheduler", version, after_help = AFTER_HELP)]
 struct SchedulerCli {
     /// The pipeline file (TOML).
     file: PathBuf,

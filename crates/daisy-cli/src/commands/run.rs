@@ -53,19 +53,27 @@ Examples:
         ✔ square     250        250        0       0         0
         ✗ sum         16         15        0       1         0
         task 'sum': 1 block failed after 3 attempt(s) each; the first error: ...
-        see daisy_logs/sum/worker_0.err
+        see daisy_logs/sum/laptop-4242/worker_0.err
 
   daisy run pipeline.toml             again (after a failure, a crash or Ctrl-C): resumes;
                                       blocks that succeeded are skipped, the others run again
   daisy run pipeline.toml --fresh     starts over, discarding what earlier sessions recorded
   daisy run pipeline.toml --json      the summary as one JSON object: per task blocks,
                                       completed, skipped, failed, orphaned, first_error
-  daisy run pipeline.toml --run-id v2 a separate run of the same file (its own journal)
+  daisy run pipeline.toml --run-id v2 a separate run of the same file (its own record)
   daisy run pipeline.toml -v          with daisy's info logs on stderr (-vv: debug)
 
+Progress (stderr): a bar per task with Daisy's symbols: ⧗ not started, ▶ processing,
+✔ completed (including skipped), ✗ failed, ∅ orphaned (an upstream block failed). The
+summary marks a task ✔ if every block completed, ✗ if one failed, ∅ if one was orphaned.
+
 Where things go:
-  journal        <state-dir>/<run-id>/journal        .daisy/pipeline/journal for pipeline.toml
-  worker logs    <log-dir>/<task>/worker_<n>.out|err  stdout (print) and stderr of your code
+  record         the run's event stream DAISY_<run-id>_EVENTS on the embedded nats-server,
+                 whose store is <state-dir>/nats/ (.daisy/nats/); with --in-process, the
+                 journal file <state-dir>/<run-id>/journal (.daisy/pipeline/journal for
+                 pipeline.toml)
+  worker logs    <log-dir>/<task>/<host>-<pid>/worker_<n>.out|err: stdout (print) and stderr
+                 of your code, a directory per daisy process, headed by who wrote them
   Python helper  <state-dir>/python/daisy_worker.py, first on PYTHONPATH of your processes,
                  so `import daisy_worker` just works in a worker script
 
@@ -109,17 +117,18 @@ pub struct RunArgs {
     /// when NATS_URL is set.
     #[arg(long, conflicts_with = "nats")]
     embedded: bool,
-    /// Names the run: its journal is <state-dir>/<run-id>/. Default: the
-    /// pipeline file's name without extension.
+    /// Names the run: its streams on NATS, or its journal <state-dir>/<run-id>/
+    /// with --in-process. Default: the pipeline file's name without extension.
     #[arg(long, value_name = "ID")]
     run_id: Option<String>,
     /// Start over: discard the outcomes earlier sessions of this run recorded.
     #[arg(long)]
     fresh: bool,
-    /// Where runs keep their journals (and the Python helper).
+    /// Where runs keep their state: the embedded nats-server's store, the
+    /// --in-process journals and the Python helper.
     #[arg(long, value_name = "DIR", default_value = ".daisy")]
     state_dir: PathBuf,
-    /// Where worker logs go: <log-dir>/<task>/worker_<n>.out|err.
+    /// Where worker logs go: <log-dir>/<task>/<host>-<pid>/worker_<n>.out|err.
     #[arg(long, value_name = "DIR", default_value = "daisy_logs")]
     log_dir: PathBuf,
     /// No progress bars or progress lines on stderr.

@@ -27,7 +27,8 @@ Examples:
       serves whichever run is unfinished, one after the other, and keeps waiting
 
 User processes start in --workdir (default: the current directory), so relative
-script paths of the pipeline file must exist there. Logs: <log-dir>/<task>/worker_<n>.out|err.
+script paths of the pipeline file must exist there. Logs:
+<log-dir>/<task>/<host>-<pid>/worker_<n>.out|err, a directory per daisy-worker process.
 
 Ctrl-C (or SIGTERM) stops taking blocks, finishes and records the blocks in flight, then
 exits 0. A second one kills the block processes and exits 130 at once; their blocks are
@@ -41,7 +42,7 @@ For daisy-worker: 0 the run finished or the worker was stopped (it does not judg
 
 /// Processes blocks of daisy-rs runs over NATS JetStream.
 #[derive(Debug, Parser)]
-#[command(name = "daisy-worker", version, about, after_help = AFTER_HELP)]
+#[command(name = "daisy-worker", version, after_help = AFTER_HELP)]
 struct WorkerCli {
     #[command(flatten)]
     nats: NatsArgs,
@@ -61,7 +62,7 @@ struct WorkerCli {
     /// Where user processes start.
     #[arg(long, value_name = "DIR")]
     workdir: Option<PathBuf>,
-    /// Where worker logs go.
+    /// Where worker logs go: <log-dir>/<task>/<host>-<pid>/worker_<n>.out|err.
     #[arg(long, value_name = "DIR", default_value = "daisy_logs")]
     log_dir: PathBuf,
     /// Where the Python helper is installed (and the embedded server's URL

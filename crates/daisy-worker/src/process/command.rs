@@ -5,7 +5,7 @@
 //! `DAISY_BLOCK_ID`); stdin is `/dev/null`, stdout and stderr are appended straight to the
 //! slot's `.out`/`.err` logs. Each run is preceded in both logs by a
 //! `--- block <id> attempt <n> (<key>) ---` line, and the first run of a processor by the
-//! `=== daisy run <time> pid <our pid> ===` separator.
+//! `=== daisy-rs: <which daisy process> .. ===` header.
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus, Stdio};
@@ -174,7 +174,8 @@ fn run_once(
     let block_json = encode_block_line(block)?;
     let mut logs = open_slot_logs(slot).map_err(|err| log_open_failure(key, slot, &err))?;
     if !*separator_written {
-        let separator = separator_line(std::process::id(), "");
+        let separator =
+            separator_line(slot, &format!("runs `{command_line}` once per block ({key})"));
         append_line(&mut logs.out, &separator);
         append_line(&mut logs.err, &separator);
         *separator_written = true;

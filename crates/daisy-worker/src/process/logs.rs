@@ -5,7 +5,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::{BlockFailure, FailureKind, SlotConfig};
+use super::{BlockFailure, FailureKind, LogWriter, SlotConfig};
 
 /// How much of the end of the stderr log an error message may quote.
 const TAIL_MAX_BYTES: u64 = 8 * 1024;
@@ -13,7 +13,7 @@ const TAIL_MAX_BYTES: u64 = 8 * 1024;
 const TAIL_MAX_LINES: usize = 20;
 
 /// Marks lines written by us into the logs, skipped when quoting stderr.
-pub(super) const SEPARATOR_PREFIX: &str = "=== daisy run ";
+pub(super) const SEPARATOR_PREFIX: &str = "=== daisy-rs: ";
 
 /// The slot's `.out` and `.err` log files, opened for appending.
 pub(super) struct SlotLogFiles {
@@ -21,7 +21,7 @@ pub(super) struct SlotLogFiles {
     pub(super) err: File,
 }
 
-/// Opens (creating as needed) `<log_dir>/<task>/worker_<n>.out|.err` in append mode.
+/// Opens (creating as needed) the slot's `.out` and `.err` logs in append mode.
 pub(super) fn open_slot_logs(slot: &SlotConfig) -> io::Result<SlotLogFiles> {
     let out_path = slot.out_log_path();
     if let Some(dir) = out_path.parent() {
@@ -47,10 +47,18 @@ pub(super) fn log_open_failure(key: &str, slot: &SlotConfig, err: &io::Error) ->
     )
 }
 
-/// `=== daisy run <ISO time> pid <pid> ===` plus an optional suffix, with a newline.
-pub(super) fn separator_line(pid: u32, suffix: &str) -> String {
+/// The line that heads a start in a slot's logs, with a newline: which daisy process wrote
+/// what follows, for which task and slot, and `what` it started, e.g.
+/// `=== daisy-rs: daisy-worker on node7 (pid 4242), task smooth slot 0: started `python3
+/// smooth.py` as pid 4250 at 2026-11-29T22:00:00Z ===`.
+pub(super) fn separator_line(slot: &SlotConfig, what: &str) -> String {
     let now = humantime::format_rfc3339_seconds(SystemTime::now());
-    format!("{SEPARATOR_PREFIX}{now} pid {pid}{suffix} ===\n")
+    let LogWriter { program, host, pid, .. } = &slot.writer;
+    format!(
+        "{SEPARATOR_PREFIX}{program} on {host} (pid {pid}), task {} slot {}: {what} at {now} \
+         ===\n",
+        slot.task_id, slot.worker_id
+    )
 }
 
 /// Appends `line` to `file`; a log that cannot be written must not fail a block.

@@ -3,7 +3,10 @@
 //! # Ownership
 //!
 //! Owns the user's child processes (spawn, protocol, timeout, kill, restart) and the slot's
-//! log files `<log_dir>/<task>/worker_<n>.out|.err`. It does not own retry or restart
+//! log files `<log_dir>/<task>/<host>-<pid>/worker_<n>.out|.err`: one directory per daisy
+//! process, so two `daisy-worker`s started in one directory (or a `daisy-worker` beside
+//! `daisy run`) never write into the same file. Every child start is headed in both files
+//! by a line saying which daisy process wrote them ([`LogWriter`]). It does not own retry or restart
 //! policy: [`BlockFailure::kind`] and [`WorkerProcess::restarts`] are inputs to the caller,
 //! which enforces `max_retries` and `max_worker_restarts`.
 //!
@@ -19,8 +22,10 @@
 //!     │                                stderr ────────┴─► worker_<n>.err (direct, append)
 //! ```
 //!
-//! One block is in flight per child. A reply for another block id is logged and ignored;
-//! a stdout line that is not a reply is appended to the `.out` log. At EOF on stdin the child
+//! One block is in flight per child. A reply for another block id, or a JSON object with a
+//! `block_id` that is not a valid reply (`"status": "sucess"`), is a protocol error: the
+//! block fails at once with the line as its error and the child is restarted, instead of the
+//! block waiting for its timeout. Any other stdout line is appended to the `.out` log. At EOF on stdin the child
 //! should exit. `command = [..]` runs one process per block with the same JSON in the
 //! `DAISY_BLOCK` env var (exit 0 = success); `check = [..]` likewise (exit 0 = already done).
 //!
@@ -112,8 +117,8 @@ pub enum ReplyStatus {
 /// `{"block_id": N, "status": "failed", "error": "..."}`. Unknown fields are ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockReply {
-    /// The block the reply is for; a reply for any other block than the one in flight is
-    /// logged and ignored.
+    /// The block the reply is for; a reply for any other block than the one in flight fails
+    /// the block in flight as a protocol error.
     pub block_id: u64,
     /// Outcome reported by user code.
     pub status: ReplyStatus,
@@ -184,6 +189,45 @@ impl fmt::Display for CommandLine {
     }
 }
 
+/// The daisy process that writes a slot's logs: names their directory and heads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogWriter {
+    /// What the process is, as a user started it: `daisy run`, `daisy-worker`.
+    pub program: String,
+    /// The host it runs on, as `hostname` prints it.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// `<host>-<pid>` with characters unfit for a file name replaced: the log directory.
+    pub directory: String,
+}
+
+impl LogWriter {
+    /// This process: its program from `argv` (`daisy run` for the `run` subcommand of
+    /// `daisy`, the binary's name otherwise), host and pid.
+    pub fn this_process() -> Self {
+        let (host, directory) = daisy_nats::process_identity();
+        let mut args = std::env::args();
+        let binary = args
+            .next()
+            .map(|argv0| {
+                std::path::Path::new(&argv0)
+                    .file_name()
+                    .map_or(argv0.clone(), |name| name.to_string_lossy().into_owned())
+            })
+            .unwrap_or_else(|| "daisy".to_owned());
+        // A subcommand (`daisy run`) says more than the binary; a flag or a path does not
+        // belong in a header (it may be a password).
+        let program = match args.next() {
+            Some(sub) if !sub.is_empty() && sub.bytes().all(|b| b.is_ascii_lowercase()) => {
+                format!("{binary} {sub}")
+            }
+            _ => binary,
+        };
+        Self { program, host, pid: std::process::id(), directory }
+    }
+}
+
 /// Where a processor runs: which task, which worker slot, where its logs go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotConfig {
@@ -193,9 +237,12 @@ pub struct SlotConfig {
     /// Index of the worker slot within the task (`DAISY_WORKER_ID`); names the log files,
     /// so a restarted child of the same slot appends to the same files.
     pub worker_id: u32,
-    /// Base log dir (`DAISY_LOG_DIR`); logs go to `<log_dir>/<task>/worker_<n>.out|.err`,
-    /// created on first use. Give an absolute path if children change directory.
+    /// Base log dir (`DAISY_LOG_DIR`); logs go to
+    /// `<log_dir>/<task>/<host>-<pid>/worker_<n>.out|.err`, created on first use. Give an
+    /// absolute path if children change directory.
     pub log_dir: PathBuf,
+    /// The daisy process running the slot: names the logs' directory and heads them.
+    pub writer: LogWriter,
     /// Extra environment variables of every child (e.g. a `PYTHONPATH` that makes
     /// `import daisy_worker` work), set after the `DAISY_*` ones.
     pub env: Vec<(String, String)>,
@@ -205,18 +252,18 @@ pub struct SlotConfig {
 }
 
 impl SlotConfig {
-    /// Path of the slot's stdout log, `<log_dir>/<task>/worker_<n>.out`.
+    /// Path of the slot's stdout log, `<log_dir>/<task>/<host>-<pid>/worker_<n>.out`.
     pub fn out_log_path(&self) -> PathBuf {
-        self.task_log_dir().join(format!("worker_{}.out", self.worker_id))
+        self.process_log_dir().join(format!("worker_{}.out", self.worker_id))
     }
 
-    /// Path of the slot's stderr log, `<log_dir>/<task>/worker_<n>.err`.
+    /// Path of the slot's stderr log, `<log_dir>/<task>/<host>-<pid>/worker_<n>.err`.
     pub fn err_log_path(&self) -> PathBuf {
-        self.task_log_dir().join(format!("worker_{}.err", self.worker_id))
+        self.process_log_dir().join(format!("worker_{}.err", self.worker_id))
     }
 
-    fn task_log_dir(&self) -> PathBuf {
-        self.log_dir.join(&self.task_id)
+    fn process_log_dir(&self) -> PathBuf {
+        self.log_dir.join(&self.task_id).join(&self.writer.directory)
     }
 }
 

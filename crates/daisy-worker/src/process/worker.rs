@@ -17,8 +17,8 @@
 //!
 //! # Lifecycle
 //!
-//! Spawned lazily by the first [`WorkerProcess::process`]. After a timeout (killed), a death
-//! mid-block, or a death noticed between blocks, the old child is reaped and the next
+//! Spawned lazily by the first [`WorkerProcess::process`]. After a timeout (killed), a
+//! protocol error (killed), a death mid-block, or a death noticed between blocks, the old child is reaped and the next
 //! `process` spawns a new one; [`WorkerProcess::restarts`] counts those respawns so the
 //! caller can enforce `max_worker_restarts`. `shutdown` closes stdin, waits, then kills;
 //! dropping kills.
@@ -50,6 +50,9 @@ const EVENT_CAPACITY: usize = 64;
 const MAX_LINE_BYTES: u64 = 1 << 20;
 /// Longest line searched for a reply glued to the end of unterminated output.
 const MAX_SALVAGE_LINE_BYTES: usize = 64 * 1024;
+/// How much of a line that broke the protocol a block's error quotes: enough to see the
+/// mistake, short enough for a summary line.
+const MAX_QUOTED_LINE_CHARS: usize = 200;
 /// After the child exited, how long a reply it wrote just before may take to arrive.
 const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// After the child closed stdout (or died), how long it may take to exit before the kill.
@@ -78,6 +81,9 @@ impl WorkerProcess {
     /// # Errors
     ///
     /// * [`FailureKind::Failed`]: the child replied `"failed"`; the message is its `error`.
+    ///   Also when it broke the protocol (a reply for another block, or a JSON object with a
+    ///   `block_id` that is not a reply, e.g. `"status": "sucess"`): the message quotes the
+    ///   line, and the child is killed so that the next call starts a fresh one.
     /// * [`FailureKind::Timeout`]: no reply within `timeout`; the child's process group was
     ///   killed and the next call starts a new child.
     /// * [`FailureKind::ProcessDied`]: the child exited or closed stdout before replying;
@@ -136,6 +142,21 @@ impl WorkerProcess {
                     return Err(BlockFailure::new(
                         FailureKind::Timeout,
                         with_stderr_tail(&what, &tail),
+                    ));
+                }
+                Exchange::ProtocolError(what) => {
+                    // The child's side of the protocol is out of step: a later line cannot
+                    // be trusted to answer the next block, so a fresh child takes over.
+                    worker.terminate(Duration::ZERO, &self.slot);
+                    return Err(BlockFailure::new(
+                        FailureKind::Failed,
+                        format!(
+                            "worker process (pid {pid}) broke the reply protocol and was \
+                             restarted: it {what}; expected one line {{\"block_id\": \
+                             {block_id}, \"status\": \"success\"}} or {{\"block_id\": \
+                             {block_id}, \"status\": \"failed\", \"error\": \"..\"}} (use \
+                             daisy_worker.serve, or print other output to stderr)"
+                        ),
                     ));
                 }
                 Exchange::Died => {
@@ -253,7 +274,8 @@ impl WorkerProcess {
         let pid = child.id();
         // Written right after the start: a child that writes within microseconds of exec may
         // get a line in before it, which is harmless.
-        let separator = separator_line(pid, "");
+        let separator =
+            separator_line(&self.slot, &format!("started `{}` as pid {pid}", self.command));
         append_line(&mut err, &separator);
         append_line(&mut out, &separator);
         drop(err);
@@ -325,8 +347,11 @@ impl Drop for WorkerProcess {
 /// What the helper threads of one child report.
 #[derive(Debug)]
 enum WorkerEvent {
-    /// A protocol reply line on stdout.
-    Reply(BlockReply),
+    /// A protocol reply line on stdout, with the line as written (shortened) for errors.
+    Reply(BlockReply, String),
+    /// A stdout line that looks like a reply but is not one (`"status": "sucess"`, a
+    /// `block_id` that is not a number), shortened: a protocol error.
+    Malformed(String),
     /// Stdout reached EOF (or failed): no more replies can come.
     StdoutClosed,
     /// The child was reaped, with its status or why waiting failed.
@@ -338,6 +363,8 @@ enum Exchange {
     Replied(BlockReply),
     TimedOut,
     Died,
+    /// The child broke the protocol; the text says how, quoting the offending line.
+    ProtocolError(String),
 }
 
 /// What `terminate` found out.
@@ -377,10 +404,14 @@ impl RunningWorker {
         self.exit.is_some() || self.stdout_closed
     }
 
-    /// Records a lifecycle event; returns the reply when it is one.
-    fn note(&mut self, event: WorkerEvent) -> Option<BlockReply> {
+    /// Records a lifecycle event; returns the reply (and its line) when it is one.
+    fn note(&mut self, event: WorkerEvent, slot: &SlotConfig) -> Option<(BlockReply, String)> {
         match event {
-            WorkerEvent::Reply(reply) => Some(reply),
+            WorkerEvent::Reply(reply, line) => Some((reply, line)),
+            WorkerEvent::Malformed(line) => {
+                log_protocol_error(slot, self.pid, &line, None);
+                None
+            }
             WorkerEvent::StdoutClosed => {
                 self.stdout_closed = true;
                 None
@@ -395,8 +426,8 @@ impl RunningWorker {
     /// Takes the events that arrived while no block was in flight.
     fn drain_pending(&mut self, slot: &SlotConfig) {
         while let Ok(event) = self.events.try_recv() {
-            if let Some(reply) = self.note(event) {
-                log_stray_reply(slot, self.pid, &reply, None);
+            if let Some((_, line)) = self.note(event, slot) {
+                log_protocol_error(slot, self.pid, &line, None);
             }
         }
     }
@@ -422,40 +453,43 @@ impl RunningWorker {
             tracing::debug!(task_id = %slot.task_id, block_id, pid = self.pid, %error, "cannot write block to worker stdin");
             return Exchange::Died;
         }
-        loop {
-            let event = match deadline {
-                Some(deadline) => {
-                    self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
-                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match event {
-                Ok(WorkerEvent::Reply(reply)) if reply.block_id == block_id => {
-                    return Exchange::Replied(reply);
-                }
-                Ok(WorkerEvent::Reply(reply)) => {
-                    log_stray_reply(slot, self.pid, &reply, Some(block_id));
-                }
-                Ok(WorkerEvent::StdoutClosed) => {
-                    self.stdout_closed = true;
-                    return Exchange::Died;
-                }
-                Ok(WorkerEvent::Exited(status)) => {
-                    self.exit = Some(status);
-                    // A reply written just before exiting may still be in the pipe.
-                    return match self.wait_for(
-                        EXIT_DRAIN_GRACE,
-                        Until::StdoutClosed,
-                        Some(block_id),
-                        slot,
-                    ) {
-                        Some(reply) => Exchange::Replied(reply),
-                        None => Exchange::Died,
-                    };
-                }
-                Err(RecvTimeoutError::Timeout) => return Exchange::TimedOut,
-                Err(RecvTimeoutError::Disconnected) => return Exchange::Died,
+        // One event decides: every event a child sends while a block is in flight either
+        // answers it or ends the exchange (a protocol error, a death).
+        let event = match deadline {
+            Some(deadline) => {
+                self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             }
+            None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match event {
+            Ok(WorkerEvent::Reply(reply, _)) if reply.block_id == block_id => {
+                Exchange::Replied(reply)
+            }
+            Ok(WorkerEvent::Reply(reply, line)) => {
+                log_protocol_error(slot, self.pid, &line, Some(block_id));
+                Exchange::ProtocolError(format!(
+                    "replied for block {} while block {block_id} was in flight: {line}",
+                    reply.block_id
+                ))
+            }
+            Ok(WorkerEvent::Malformed(line)) => {
+                log_protocol_error(slot, self.pid, &line, Some(block_id));
+                Exchange::ProtocolError(format!("wrote a line that is not a valid reply: {line}"))
+            }
+            Ok(WorkerEvent::StdoutClosed) => {
+                self.stdout_closed = true;
+                Exchange::Died
+            }
+            Ok(WorkerEvent::Exited(status)) => {
+                self.exit = Some(status);
+                // A reply written just before exiting may still be in the pipe.
+                match self.wait_for(EXIT_DRAIN_GRACE, Until::StdoutClosed, Some(block_id), slot) {
+                    Some(reply) => Exchange::Replied(reply),
+                    None => Exchange::Died,
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => Exchange::TimedOut,
+            Err(RecvTimeoutError::Disconnected) => Exchange::Died,
         }
     }
 
@@ -482,11 +516,11 @@ impl RunningWorker {
                 .map_or(within, |deadline| deadline.saturating_duration_since(Instant::now()));
             match self.events.recv_timeout(remaining) {
                 Ok(event) => {
-                    if let Some(reply) = self.note(event) {
+                    if let Some((reply, line)) = self.note(event, slot) {
                         if Some(reply.block_id) == expected_block {
                             return Some(reply);
                         }
-                        log_stray_reply(slot, self.pid, &reply, expected_block);
+                        log_protocol_error(slot, self.pid, &line, expected_block);
                     }
                 }
                 // Disconnected: both threads are done and have sent their last event.
@@ -525,15 +559,26 @@ impl RunningWorker {
     }
 }
 
-fn log_stray_reply(slot: &SlotConfig, pid: u32, reply: &BlockReply, expected: Option<u64>) {
+/// Logs a line that broke the protocol; `in_flight` is the block it fails, if any (a line
+/// written between blocks fails nothing and is only logged).
+fn log_protocol_error(slot: &SlotConfig, pid: u32, line: &str, in_flight: Option<u64>) {
     tracing::warn!(
         task_id = %slot.task_id,
         worker_id = slot.worker_id,
         pid,
-        reply_block_id = reply.block_id,
-        expected_block_id = expected,
-        "ignoring worker reply for a block not in flight"
+        block_id = in_flight,
+        line,
+        "worker process broke the reply protocol"
     );
+}
+
+/// `line` as text of at most [`MAX_QUOTED_LINE_CHARS`] characters, for an error message.
+fn quoted_line(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line.trim_ascii());
+    match text.char_indices().nth(MAX_QUOTED_LINE_CHARS) {
+        Some((cut, _)) => format!("`{}…` (shortened)", &text[..cut]),
+        None => format!("`{text}`"),
+    }
 }
 
 /// Who the reader thread reads for, for its log lines.
@@ -572,13 +617,17 @@ fn read_stdout(
                 break;
             }
         }
-        let (reply, passthrough) = match split_reply(&line) {
-            Some((reply, [])) => (Some(reply), Vec::new()),
-            Some((reply, prefix)) => (Some(reply), [prefix, b"\n"].concat()),
-            None => {
-                warn_if_malformed_reply(&line, &context);
-                (None, std::mem::take(&mut line))
+        let (event, passthrough) = match split_reply(&line) {
+            Some((reply, [])) => (Some(WorkerEvent::Reply(reply, quoted_line(&line))), Vec::new()),
+            Some((reply, prefix)) => {
+                let quoted = quoted_line(&line[prefix.len()..]);
+                (Some(WorkerEvent::Reply(reply, quoted)), [prefix, b"\n"].concat())
             }
+            // Also logged: the user sees the bad line where the output of the child is.
+            None if is_malformed_reply(&line) => {
+                (Some(WorkerEvent::Malformed(quoted_line(&line))), std::mem::take(&mut line))
+            }
+            None => (None, std::mem::take(&mut line)),
         };
         if !passthrough.is_empty()
             && !log_broken
@@ -587,9 +636,9 @@ fn read_stdout(
             tracing::warn!(worker = %context, %error, "cannot append worker stdout to log");
             log_broken = true;
         }
-        if let Some(reply) = reply
+        if let Some(event) = event
             && !receiver_gone
-            && events.send(WorkerEvent::Reply(reply)).is_err()
+            && events.send(event).is_err()
         {
             // The worker is being dropped; keep draining so the child never blocks on a
             // full pipe before it is killed.
@@ -627,23 +676,18 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
 }
 
-/// A JSON object with a `block_id` that is not a valid reply is most likely a protocol bug
-/// in the user's worker (e.g. `"status": "ok"`): say so instead of only logging the line.
-fn warn_if_malformed_reply(line: &[u8], context: &ReaderContext) {
+/// Whether a line that is not a valid reply is a JSON object with a `block_id`: a reply
+/// with a mistake (`"status": "sucess"`, `"block_id": "12"`), i.e. a bug in the worker's
+/// side of the protocol. Waiting for a valid reply then would only end at the block's
+/// timeout, so the caller fails the block at once instead.
+fn is_malformed_reply(line: &[u8]) -> bool {
     let body = line.trim_ascii();
-    if !body.starts_with(b"{") || !contains(body, b"\"block_id\"") {
-        return;
-    }
-    if let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(body)
-        && object.contains_key("block_id")
-    {
-        tracing::warn!(
-            worker = %context,
-            line = %String::from_utf8_lossy(body),
-            "worker wrote a json object with block_id that is not a valid reply; expected \
-             {{\"block_id\": N, \"status\": \"success\"|\"failed\", \"error\": \"..\"}}"
-        );
-    }
+    body.starts_with(b"{")
+        && contains(body, b"\"block_id\"")
+        && matches!(
+            serde_json::from_slice(body),
+            Ok(serde_json::Value::Object(object)) if object.contains_key("block_id")
+        )
 }
 
 #[cfg(test)]
