@@ -5,5 +5,6 @@ mod faults;
 mod ops;
 mod plan;
 mod run;
+mod running;
 mod timeline;
 mod util;
