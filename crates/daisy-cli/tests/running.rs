@@ -200,3 +200,15 @@ fn status_across_a_leader_change_shows_the_last_known_counters() {
     assert_eq!(standby.wait(RUN_DEADLINE), Some(0), "{}", standby.describe());
     assert_eq!(worker.wait(RUN_DEADLINE), Some(0), "{}", worker.describe());
 }
+
+#[test]
+fn a_straggler_factor_that_is_not_a_number_is_refused_naming_the_fix() {
+    for binary in
+        [crate::util::daisy().arg("run"), &mut Command::new(env!("CARGO_BIN_EXE_daisy-scheduler"))]
+    {
+        let output = binary.args(["pipeline.toml", "--straggler-factor", "slow"]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--straggler-factor") && stderr.contains("0 / off"), "{stderr}");
+    }
+}

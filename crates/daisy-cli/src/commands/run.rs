@@ -132,7 +132,7 @@ pub fn parse_straggler_factor(text: &str) -> Result<StragglerFactor, String> {
         return Ok(StragglerFactor(None));
     }
     match text.parse::<f64>() {
-        Ok(factor) if factor == 0.0 => Ok(StragglerFactor(None)),
+        Ok(0.0) => Ok(StragglerFactor(None)),
         Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(StragglerFactor(Some(factor))),
         _ => Err(format!(
             "{text:?} is not a factor: give a positive number such as 5 (a block running 5x its \

@@ -21,9 +21,12 @@ use tracing::{debug, warn};
 /// gone or cut off, and its blocks count as dispatched again.
 pub(super) const RUNNING_TTL: Duration = Duration::from_secs(3);
 
-/// The latest report of each worker process, with when it arrived.
+/// When a worker's latest report arrived, and what it said runs.
+type LatestReport = (Instant, Vec<RunningBlock>);
+
+/// The latest report of each worker process.
 #[derive(Clone, Default)]
-pub(super) struct RunningWorkers(Arc<Mutex<HashMap<WorkerId, (Instant, Vec<RunningBlock>)>>>);
+pub(super) struct RunningWorkers(Arc<Mutex<HashMap<WorkerId, LatestReport>>>);
 
 impl RunningWorkers {
     fn update(&self, report: RunningReport) {
