@@ -146,6 +146,18 @@ fn processing_counts_running_blocks_only_and_a_straggler_is_listed_with_worker_a
     assert_eq!(listed["trace_id"], trace_id.as_str(), "{status}");
     assert!(listed["running_seconds"].as_f64().is_some_and(|s| s >= 1.0), "{status}");
     assert!(counter(a, "completed") >= 5, "the median needs outcomes: {status}");
+    let text = crate::util::daisy()
+        .args(["status", "r", "--nats", setup.nats.url()])
+        .current_dir(setup.dir.path())
+        .env_remove("NATS_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("dispatched") && text.contains(&format!("block {straggler} attempt 1 on")),
+        "{text}"
+    );
+    assert!(text.contains(&trace_id), "the human status names the trace: {text}");
     scheduler.wait_line(&trace_id, RUN_DEADLINE);
     assert!(scheduler.stderr().contains("straggler"), "{}", scheduler.describe());
 
