@@ -2,6 +2,7 @@
 //! the transport says workers run.
 
 use super::*;
+use crate::TaskReport;
 
 /// 1-D, 20 independent blocks, two workers.
 const TWENTY: &str = r#"
@@ -55,8 +56,6 @@ impl Harness {
         }
     }
 }
-
-use crate::TaskReport;
 
 /// Issue 14: `processing` showed every block handed out in a batch; Daisy users read it as
 /// "running now". Only blocks a worker reports running and that are in flight at the
