@@ -6,8 +6,9 @@
 //! and attaches them to the log output so log lines never tear them. It does
 //! not print the summary (stdout, `summary`).
 //!
-//! Symbols are Daisy's: ⧗ not started, ▶ processing, ✔ completed (including
-//! skipped), ✗ failed, ∅ orphaned. A finished task's bar is marked ✗ if a
+//! Symbols are Daisy's: ⧗ not started, ▶ processing (running now), ✔ completed
+//! (including skipped), ✗ failed, ∅ orphaned; and ours: ⇢ dispatched (handed to a worker,
+//! not started yet), which Daisy has no state for. A finished task's bar is marked ✗ if a
 //! block failed, else ∅ if one was orphaned, else ✔.
 
 use std::io::IsTerminal;
@@ -31,16 +32,17 @@ fn done(counters: &TaskCounters) -> u64 {
     counters.completed + counters.failed + counters.orphaned
 }
 
-/// Blocks of a task not started yet (waiting for upstream blocks or a worker).
+/// Blocks of a task not handed to a worker yet (waiting for upstream blocks or a worker).
 fn not_started(counters: &TaskCounters) -> u64 {
-    counters.total.saturating_sub(done(counters) + counters.processing)
+    counters.total.saturating_sub(done(counters) + counters.in_flight())
 }
 
 /// The counts Daisy shows next to a bar.
 pub fn counts(counters: &TaskCounters) -> String {
     format!(
-        "⧗ {} ▶ {} ✔ {} ✗ {} ∅ {}",
+        "⧗ {} ⇢ {} ▶ {} ✔ {} ✗ {} ∅ {}",
         not_started(counters),
+        counters.dispatched,
         counters.processing,
         counters.completed,
         counters.failed,

@@ -104,6 +104,10 @@ struct JsonTask<'a> {
     skipped: u64,
     failed: u64,
     orphaned: u64,
+    /// Running when the run stopped (only an interrupted run ends with any).
+    processing: u64,
+    /// Handed to a worker but not started when the run stopped.
+    dispatched: u64,
     failed_attempts: u64,
     timeouts: u64,
     worker_restarts: u64,
@@ -140,6 +144,8 @@ pub fn write_json(out: &mut impl Write, report: &RunReport, places: &RunPlaces) 
                 skipped: counters.skipped,
                 failed: counters.failed,
                 orphaned: counters.orphaned,
+                processing: counters.processing,
+                dispatched: counters.dispatched,
                 failed_attempts: task.failed_attempts,
                 timeouts: task.timeouts,
                 worker_restarts: task.worker_restarts,
@@ -317,7 +323,14 @@ fn verdict(report: &RunReport) -> String {
     }
     if report.interrupted {
         let left = total - completed - failed - orphaned;
-        problems.push(format!("interrupted with {} not processed", blocks(left)));
+        let processing = sum(|c| c.processing);
+        let dispatched = sum(|c| c.dispatched);
+        let in_flight = if processing + dispatched > 0 {
+            format!(" ({processing} still processing, {dispatched} dispatched and not started)")
+        } else {
+            String::new()
+        };
+        problems.push(format!("interrupted with {} not processed{in_flight}", blocks(left)));
     }
     format!(
         "{} of {total} completed; {}. Run the same command again to go on: completed blocks are \

@@ -210,6 +210,15 @@ fn garbage_and_wrong_version_messages_on_every_subject_are_dropped_and_the_run_c
     // Mid-run: the leader follows the event stream live, workers fetch them, and a
     // foreign write to the lease key deposes the leader until the key expires.
     inject("during");
+    // What workers run goes over core NATS, to the leader only (it subscribed as it led):
+    // sent while it still leads, before the foreign lease write deposes it.
+    setup.runtime.block_on(async {
+        for payload in [garbage, &wrong_event, b""] {
+            raw.publish(subjects::running_subject(&run), payload.to_vec().into()).await.unwrap();
+        }
+        raw.flush().await.unwrap();
+    });
+    scheduler.wait_line("undecodable running report ignored", RUN_DEADLINE);
     put(subjects::lease_bucket(&run), subjects::LEADER_KEY, garbage);
 
     assert_eq!(scheduler.wait(RUN_DEADLINE), Some(0), "{}", scheduler.stderr());

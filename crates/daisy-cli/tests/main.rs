@@ -8,6 +8,7 @@ mod logs;
 mod ops;
 mod plan;
 mod run;
+mod running;
 mod smooth;
 mod timeline;
 mod util;

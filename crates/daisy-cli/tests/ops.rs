@@ -70,9 +70,9 @@ impl Setup {
 
 fn task_json(id: &str, total: u64, completed: u64, failed: u64, orphaned: u64) -> Value {
     json!({
-        "id": id, "total": total, "ready": 0, "processing": 0, "completed": completed,
-        "skipped": 0, "failed": failed, "orphaned": orphaned, "pending": 0,
-        "first_error": null, "abandoned": null,
+        "id": id, "total": total, "ready": 0, "dispatched": 0, "processing": 0,
+        "completed": completed, "skipped": 0, "failed": failed, "orphaned": orphaned,
+        "pending": 0, "first_error": null, "abandoned": null, "stragglers": [],
     })
 }
 

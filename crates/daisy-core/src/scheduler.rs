@@ -28,8 +28,15 @@
 //! * Every block reaches exactly one terminal state.
 //! * A block is acquired only after every upstream block succeeded, so two
 //!   conflicting blocks are never processing at once.
-//! * For every task `ready + processing + completed + failed + orphaned <=
+//! * For every task `ready + dispatched + completed + failed + orphaned <=
 //!   total`, and the rest is `pending`.
+//!
+//! # Dispatched, not processing
+//! The core knows when a block is handed out, not when it starts: a worker may hold a
+//! batch of blocks and run them one at a time. So it counts handed-out blocks as
+//! `dispatched`; its `processing` counter stays 0. Daisy users read `processing` as
+//! "running now", so the scheduler actor moves the blocks workers report as running over
+//! ([`TaskCounters::mark_running`]) before it shows the counters.
 //!
 //! # Why
 //! Daisy keeps a "ready surface" of succeeded blocks with unfinished
@@ -54,7 +61,13 @@ pub struct TaskCounters {
     pub total: u64,
     /// Blocks whose upstream all succeeded, waiting for a worker.
     pub ready: u64,
-    /// Blocks handed to a worker and not yet released.
+    /// Blocks handed to a worker that are not known to have started: queued in a batch,
+    /// or waiting in a worker for its slot. The core counts every block it handed out
+    /// here; whoever learns that blocks run moves them to `processing`
+    /// ([`TaskCounters::mark_running`]).
+    #[serde(default)]
+    pub dispatched: u64,
+    /// Blocks running now (Daisy's meaning: at most the task's `max_workers`).
     pub processing: u64,
     /// Blocks that succeeded or were skipped.
     pub completed: u64,
@@ -69,7 +82,23 @@ pub struct TaskCounters {
 impl TaskCounters {
     /// Blocks still waiting for an upstream block.
     pub fn pending(&self) -> u64 {
-        self.total - self.ready - self.processing - self.completed - self.failed - self.orphaned
+        self.total - self.ready - self.in_flight() - self.completed - self.failed - self.orphaned
+    }
+
+    /// Blocks handed to a worker and not yet released: dispatched or processing.
+    pub fn in_flight(&self) -> u64 {
+        self.dispatched + self.processing
+    }
+
+    /// Counts `running` of the dispatched blocks as processing (a worker said they run);
+    /// never more than are dispatched, so a report that lags behind cannot make the
+    /// counts add up to more than the task's blocks.
+    #[must_use]
+    pub fn mark_running(mut self, running: u64) -> Self {
+        let running = running.min(self.dispatched);
+        self.dispatched -= running;
+        self.processing += running;
+        self
     }
 
     /// Whether every block reached a terminal state.
@@ -276,7 +305,7 @@ impl Scheduler {
             let key = BlockKey { task, index };
             let state = &mut self.tasks[task.get()];
             state.counters.ready -= 1;
-            state.counters.processing += 1;
+            state.counters.dispatched += 1;
             state.processing.insert(index.0 as usize);
             if state.known_done.as_ref().is_some_and(|done| done.contains(index.0 as usize)) {
                 self.complete(key, Outcome::Skipped);
@@ -357,7 +386,7 @@ impl Scheduler {
             state.queued.set(position, false);
         }
         state.processing.insert(position);
-        state.counters.processing += 1;
+        state.counters.dispatched += 1;
         true
     }
 
@@ -415,7 +444,7 @@ impl Scheduler {
             return false;
         }
         state.processing.set(position, false);
-        state.counters.processing -= 1;
+        state.counters.dispatched -= 1;
         state.queued.insert(position);
         state.queue.push_front(key.index);
         state.counters.ready += 1;
@@ -443,7 +472,7 @@ impl Scheduler {
             }
             Outcome::Failed | Outcome::Exhausted => {
                 state.processing.set(key.index.0 as usize, false);
-                state.counters.processing -= 1;
+                state.counters.dispatched -= 1;
                 let failed_attempts = state.failed_attempts.entry(key.index).or_insert(0);
                 *failed_attempts += 1;
                 let failed_attempts = *failed_attempts;
@@ -471,7 +500,7 @@ impl Scheduler {
         state.processing.set(position, false);
         state.ok.insert(position);
         state.terminal.insert(position);
-        state.counters.processing -= 1;
+        state.counters.dispatched -= 1;
         state.counters.completed += 1;
         if outcome == Outcome::Skipped {
             state.counters.skipped += 1;
@@ -571,7 +600,7 @@ impl Scheduler {
             let newly = state.counters.total - before;
             state.counters.orphaned += newly;
             state.counters.ready = 0;
-            state.counters.processing = 0;
+            state.counters.dispatched = 0;
             orphaned += newly;
         }
         orphaned

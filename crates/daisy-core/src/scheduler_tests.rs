@@ -416,7 +416,7 @@ proptest! {
             }
             for position in 0..pipeline.len() {
                 let c = scheduler.counters(TaskIndex(position as u32));
-                prop_assert!(c.ready + c.processing + c.completed + c.failed + c.orphaned <= c.total);
+                prop_assert!(c.ready + c.in_flight() + c.completed + c.failed + c.orphaned <= c.total);
                 prop_assert!(c.skipped <= c.completed);
             }
         }
@@ -433,7 +433,7 @@ proptest! {
             prop_assert_eq!(c.completed, ok);
             prop_assert_eq!(c.failed, failed);
             prop_assert_eq!(c.completed + c.failed + c.orphaned, c.total);
-            prop_assert_eq!((c.ready, c.processing, c.pending()), (0, 0, 0));
+            prop_assert_eq!((c.ready, c.in_flight(), c.pending()), (0, 0, 0));
         }
         if fail_percent == 0 {
             prop_assert!(scheduler.all_succeeded());

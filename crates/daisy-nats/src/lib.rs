@@ -63,6 +63,7 @@ mod lease;
 mod meta;
 mod provision;
 mod publish;
+mod running;
 pub mod server;
 pub mod trace;
 
@@ -85,3 +86,4 @@ pub use provision::{
     DUPLICATE_WINDOW, DeleteRunError, ListRunsError, ProvisionError, RunSettings, RunStreams,
 };
 pub use publish::{PublishError, Published};
+pub use running::{RunningPublishError, RunningReports, RunningSubscribeError};

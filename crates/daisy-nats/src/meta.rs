@@ -19,7 +19,7 @@ use tracing::instrument;
 use crate::RunStreams;
 
 /// The state of a run as a whole, for `daisy status` and for workers deciding to exit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunStatus {
     /// Every block has an outcome (success, skipped, failed or orphaned): workers may exit.
     pub finished: bool,
@@ -39,12 +39,12 @@ pub struct RunStatus {
 }
 
 /// One task's counters in a [`RunStatus`] (Daisy's names).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {
     /// The task id.
     pub id: String,
-    /// Daisy's counters, inline: `total`, `ready`, `processing`, `completed`, `skipped`,
-    /// `failed`, `orphaned`.
+    /// Daisy's counters, inline: `total`, `ready`, `dispatched` (handed to a worker, not
+    /// started), `processing` (running now), `completed`, `skipped`, `failed`, `orphaned`.
     #[serde(flatten)]
     pub counters: TaskCounters,
     /// Blocks waiting for upstream blocks ([`TaskCounters::pending`], written out for
@@ -56,6 +56,9 @@ pub struct TaskStatus {
     /// Why the task was abandoned, if it was.
     #[serde(default)]
     pub abandoned: Option<String>,
+    /// Blocks running now for far longer than the task's median block time.
+    #[serde(default)]
+    pub stragglers: Vec<daisy_proto::Straggler>,
 }
 
 /// What a worker says about itself in its liveness key.

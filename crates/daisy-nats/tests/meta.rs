@@ -28,6 +28,7 @@ async fn spec_and_status_round_trip() -> TestResult {
             pending: 6,
             first_error: None,
             abandoned: Some("workers kept dying".into()),
+            stragglers: Vec::new(),
         }],
         cancelled: false,
     };

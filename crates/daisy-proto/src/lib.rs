@@ -57,5 +57,5 @@ pub use codec::{DecodeError, PROTOCOL_VERSION, decode, encode};
 pub use layout::layout_hash;
 pub use messages::{
     BlockResult, BlockWork, Dispatch, EpochFence, Event, FailureKind, OutcomeKind, OutcomeReport,
-    RunId, WorkerId,
+    RunId, RunningBlock, RunningReport, Straggler, WorkerId,
 };

@@ -244,6 +244,56 @@ pub struct OutcomeReport {
     pub leader_epoch: Option<u64>,
 }
 
+/// What one worker process is running right now, sent on core NATS to
+/// [`running_subject`](crate::subjects::running_subject) and never recorded: on change
+/// (coalesced to a few per second) and at every heartbeat. Each report replaces the last one
+/// of the same `worker`; the leader forgets a worker that stops reporting.
+///
+/// Why a report per process, not a message per block start: a no-op run starts 350 k blocks
+/// a second, far beyond any message rate; a few small messages per process per second carry
+/// the same "what runs now" without a round trip on a block's path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningReport {
+    /// The worker process (its liveness name).
+    pub worker: WorkerId,
+    /// Every block one of its slots runs now.
+    pub blocks: Vec<RunningBlock>,
+}
+
+/// One block a worker slot runs now (see [`RunningReport`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningBlock {
+    /// The task (its id).
+    pub task: String,
+    /// The block's dense index.
+    pub index: u64,
+    /// The attempt being run, from 1.
+    pub attempt: u32,
+    /// The worker slot running it.
+    pub slot: WorkerId,
+    /// How long it had run when the report was sent, in milliseconds: a duration, not a
+    /// time of day, so the clocks of worker and scheduler need not agree.
+    pub running_ms: u64,
+}
+
+/// A block that runs far longer than its task's blocks usually take (a straggler), as the
+/// leader lists it in the run status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Straggler {
+    /// Daisy's id of the block.
+    pub block_id: u64,
+    /// The attempt running.
+    pub attempt: u32,
+    /// The worker slot running it.
+    pub worker: String,
+    /// How long it has run so far.
+    pub running_seconds: f64,
+    /// The task's median block time when it was last checked.
+    pub median_seconds: f64,
+    /// The block's trace id (32 hex digits), to find it in Jaeger.
+    pub trace_id: String,
+}
+
 /// What is recorded about a run, in order: the journal of an in-process
 /// run and the event stream of a NATS run hold these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -345,6 +395,22 @@ mod tests {
             Event::Outcomes(OutcomeReport { leader_epoch: Some(3), ..Default::default() });
         assert!(fence.is_stale(&dead_letter));
         assert!(!fence.is_stale(&abandoned(7)));
+    }
+
+    #[test]
+    fn running_reports_round_trip_and_garbage_is_an_error() {
+        let report = RunningReport {
+            worker: WorkerId::from("host-1"),
+            blocks: vec![RunningBlock {
+                task: "t".into(),
+                index: 4,
+                attempt: 2,
+                slot: WorkerId::from("host-1-t-0"),
+                running_ms: 1500,
+            }],
+        };
+        assert_eq!(decode::<RunningReport>(&encode(&report)).unwrap(), report);
+        assert!(decode::<RunningReport>(b"\x01garbage").is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! | a new leader's fence in the block stream | `daisy.v1.<run>.block.fence.<epoch>` |
 //! | run event subject | `daisy.v1.<run>.event.run` |
 //! | all event subjects | `daisy.v1.<run>.event.>` |
+//! | what workers run now (core NATS, no stream) | `daisy.v1.<run>.running` |
 //! | block stream (WorkQueue) | `DAISY_<run>_BLOCKS` |
 //! | event stream (Limits) | `DAISY_<run>_EVENTS` |
 //! | dead-letter stream | `DAISY_<run>_DLQ`, capturing `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.DAISY_<run>_BLOCKS.>` |
@@ -140,6 +141,13 @@ pub fn event_subject(run: &RunId, scope: EventScope<'_>) -> String {
 /// Every event subject of a run: `daisy.v1.<run>.event.>` (the event stream's subjects).
 pub fn event_subjects(run: &RunId) -> String {
     format!("{SUBJECT_PREFIX}.{run}.event.>")
+}
+
+/// Where worker processes say which blocks they run now ([`crate::RunningReport`]):
+/// `daisy.v1.<run>.running`. Core NATS only: no stream captures it (it is neither under
+/// `block.` nor under `event.`), so a report costs no storage and no acknowledgement.
+pub fn running_subject(run: &RunId) -> String {
+    format!("{SUBJECT_PREFIX}.{run}.running")
 }
 
 /// The run's block stream (WorkQueue retention): `DAISY_<run>_BLOCKS`.
@@ -372,6 +380,11 @@ mod tests {
             assert!(is_fence_subject(&run, &fence_subject(&run, 17)));
             assert!(!is_fence_subject(&run, &block_subject(&run, &task)));
             assert!(is_subject(&event_subjects(&run), true));
+            assert!(is_subject(&running_subject(&run), false));
+            let captured = |wildcard: String| {
+                running_subject(&run).starts_with(wildcard.trim_end_matches('>'))
+            };
+            assert!(!captured(event_subjects(&run)) && !captured(block_subjects(&run)));
             assert!(is_subject(&max_deliveries_advisories(&run), true));
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use daisy_core::{
     BlockIndex, BlockKey, Outcome, Pipeline, ReleaseError, Released, Scheduler, TaskIndex,
 };
-use daisy_proto::{BlockWork, Dispatch, Event, FailureKind, OutcomeKind, OutcomeReport};
+use daisy_proto::{BlockWork, Dispatch, Event, FailureKind, OutcomeKind, OutcomeReport, Straggler};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 use crate::batch::BatchSizer;
 use crate::replay::replay;
 use crate::report::{FirstError, RunReport, RunSnapshot, TaskReport};
+use crate::straggler::{BlockTimes, StragglerRule};
 use crate::transport::{
     BatchId, Input, QueuedBatch, ReplayedOutcomes, SchedulerTransport, TransportError,
 };
@@ -36,6 +37,10 @@ pub struct SchedulerConfig {
     /// outcome (a message removed by a deposed leader's purge, say). A batch missing at two
     /// checks in a row is reclaimed: its blocks are ready again, no attempt counted.
     pub reclaim_interval: Duration,
+    /// A block running this many times its task's median block time (and at least a
+    /// second) is a straggler: logged once per attempt, counted in
+    /// `daisy_stragglers_total`, listed in the snapshots. `None` turns detection off.
+    pub straggler_factor: Option<f64>,
 }
 
 impl Default for SchedulerConfig {
@@ -47,6 +52,7 @@ impl Default for SchedulerConfig {
             drain_timeout: Duration::from_secs(30),
             unix_ms: crate::unix_ms_now,
             reclaim_interval: Duration::from_secs(10),
+            straggler_factor: Some(crate::straggler::DEFAULT_STRAGGLER_FACTOR),
         }
     }
 }
@@ -89,6 +95,8 @@ struct TaskRuntime {
     sizer: BatchSizer,
     closed: bool,
     report: TaskReport,
+    /// Recent times of successful attempts (the median stragglers are measured against).
+    times: BlockTimes,
 }
 
 /// The scheduler actor: owns the run's block states and drives them over a
@@ -108,6 +116,11 @@ pub struct RunScheduler<T: SchedulerTransport> {
     batches: HashMap<BatchId, InFlightBatch>,
     /// Blocks handed back from a batch whose deliveries ran out: each is dispatched alone.
     suspects: HashSet<BlockKey>,
+    /// The run's id, for the trace ids of stragglers.
+    run_id: String,
+    /// Attempts already reported as stragglers (each is logged and counted once); an entry
+    /// goes when its attempt is no longer in flight.
+    stragglers: HashSet<(BlockKey, u32)>,
 }
 
 impl<T: SchedulerTransport> RunScheduler<T> {
@@ -129,6 +142,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 batches_in_flight: 0,
                 sizer: BatchSizer::new(),
                 closed: found.abandoned[position].is_some(),
+                times: BlockTimes::default(),
                 report: TaskReport {
                     id: task.spec.id.to_string(),
                     counters: Default::default(),
@@ -138,6 +152,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                     first_error: None,
                     abandoned: found.abandoned[position].clone(),
                     timeout_seconds: task.spec.timeout.as_secs_f64(),
+                    stragglers: Vec::new(),
                 },
             })
             .collect();
@@ -154,6 +169,8 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             epoch: 0,
             batches: HashMap::new(),
             suspects: HashSet::new(),
+            run_id: String::new(),
+            stragglers: HashSet::new(),
         };
         for QueuedBatch { batch, dispatch } in found.in_flight {
             let Some(task) = actor.pipeline.task_index(&dispatch.task) else { continue };
@@ -172,6 +189,9 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 actor.track(batch, task, blocks);
             }
         }
+        // Counters from the first moment: a status written before the first tick must not
+        // show an empty run (right after a failover it shows the replayed counters).
+        actor.publish(false, false);
         actor
     }
 
@@ -197,6 +217,13 @@ impl<T: SchedulerTransport> RunScheduler<T> {
     /// Sets the fencing epoch stamped on every dispatch (NATS leader lease).
     pub fn with_epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
+        self
+    }
+
+    /// Sets the run's id, from which the trace ids of stragglers are derived (empty by
+    /// default).
+    pub fn with_run_id(mut self, run_id: &str) -> Self {
+        self.run_id = run_id.to_owned();
         self
     }
 
@@ -235,7 +262,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             // decides when nothing is in flight.
             let in_flight: usize = self.tasks.iter().map(|t| t.batches_in_flight).sum();
             let processing: u64 = (0..self.pipeline.len())
-                .map(|t| self.core.counters(TaskIndex(t as u32)).processing)
+                .map(|t| self.core.counters(TaskIndex(t as u32)).in_flight())
                 .sum();
             if self.core.is_done() {
                 break;
@@ -508,6 +535,9 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         let grid = &self.pipeline.task(task).grid;
         let runtime = &mut self.tasks[task.get()];
         runtime.sizer.observe(f64::from(result.seconds));
+        if result.outcome == OutcomeKind::Success {
+            runtime.times.observe(result.seconds);
+        }
         let OutcomeKind::Failed { kind } = result.outcome else { return };
         runtime.report.failed_attempts += 1;
         if kind == FailureKind::Timeout {
@@ -557,7 +587,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         let abandoned: Vec<BatchId> = self
             .batches
             .iter()
-            .filter(|(_, batch)| self.core.counters(batch.task).processing == 0)
+            .filter(|(_, batch)| self.core.counters(batch.task).in_flight() == 0)
             .map(|(id, _)| *id)
             .collect();
         for id in abandoned {
@@ -585,17 +615,100 @@ impl<T: SchedulerTransport> RunScheduler<T> {
     }
 
     fn publish(&mut self, finished: bool, interrupted: bool) {
+        let running = self.running_now();
         let tasks = self
             .pipeline
             .topological_order()
             .iter()
             .map(|&task| {
                 let mut report = self.tasks[task.get()].report.clone();
-                report.counters = self.core.counters(task);
+                let running = &running[task.get()];
+                report.counters = self.core.counters(task).mark_running(running.count);
+                report.stragglers.clone_from(&running.stragglers);
                 report
             })
             .collect();
         self.snapshot.send_replace(RunSnapshot { tasks, finished, interrupted });
+    }
+}
+
+/// What runs now in one task, as far as workers reported it.
+#[derive(Default)]
+struct RunningInTask {
+    /// Blocks in flight that a worker runs now.
+    count: u64,
+    /// Those of them that run far longer than the task's median.
+    stragglers: Vec<Straggler>,
+}
+
+impl<T: SchedulerTransport> RunScheduler<T> {
+    /// What runs now, per task: the blocks workers report running that are in flight here
+    /// at the attempt reported (a report may lag behind an outcome, or come from a worker
+    /// whose batch went to another), each counted once. Logs and counts each new straggler.
+    fn running_now(&mut self) -> Vec<RunningInTask> {
+        let mut per_task: Vec<RunningInTask> =
+            (0..self.pipeline.len()).map(|_| RunningInTask::default()).collect();
+        self.stragglers.retain(|&(key, attempt)| {
+            self.core.is_processing(key) && self.core.attempt(key) == attempt
+        });
+        let reported = self.transport.running_blocks();
+        if reported.is_empty() {
+            return per_task;
+        }
+        let rule = self.config.straggler_factor.map(|factor| StragglerRule { factor });
+        let mut seen = HashSet::with_capacity(reported.len());
+        let mut medians: Vec<Option<Option<f64>>> = vec![None; self.pipeline.len()];
+        for block in reported {
+            let Some(task) = self.pipeline.task_index(&block.task) else { continue };
+            let grid = &self.pipeline.task(task).grid;
+            if block.index >= grid.num_blocks() {
+                continue;
+            }
+            let key = BlockKey { task, index: BlockIndex(block.index) };
+            let live = self.core.is_processing(key) && self.core.attempt(key) == block.attempt;
+            if !live || !seen.insert(key) {
+                continue;
+            }
+            per_task[task.get()].count += 1;
+            let Some(rule) = rule else { continue };
+            let median =
+                *medians[task.get()].get_or_insert_with(|| self.tasks[task.get()].times.median());
+            let Some(median) = median else { continue };
+            let running = Duration::from_millis(block.running_ms);
+            if running <= rule.threshold(median) {
+                continue;
+            }
+            let block_id = grid.block_id(&grid.grid_index(key.index)).0;
+            let task_id = &self.pipeline.task(task).spec.id;
+            let trace_id =
+                daisy_telemetry::block_trace_id(&self.run_id, task_id.as_str(), block_id)
+                    .to_string();
+            let straggler = Straggler {
+                block_id,
+                attempt: block.attempt,
+                worker: block.slot.to_string(),
+                running_seconds: running.as_secs_f64(),
+                median_seconds: median,
+                trace_id,
+            };
+            if self.stragglers.insert((key, block.attempt)) {
+                // The trace's mark too: the fields name the block's trace.
+                warn!(
+                    daisy.task = %task_id,
+                    daisy.block_id = block_id,
+                    daisy.trace_id = %straggler.trace_id,
+                    attempt = block.attempt,
+                    worker = %straggler.worker,
+                    running_seconds = straggler.running_seconds,
+                    median_seconds = median,
+                    "straggler: block runs far longer than its task's median block time"
+                );
+                metrics::counter!("daisy_stragglers_total", "task" => task_id.to_string())
+                    .increment(1);
+            }
+            per_task[task.get()].stragglers.push(straggler);
+        }
+        per_task
     }
 }
 

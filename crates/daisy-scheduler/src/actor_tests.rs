@@ -32,23 +32,29 @@ use std::time::Duration;
 
 use daisy_core::{BlockIndex, BlockKey, Pipeline, TaskIndex, parse_pipeline};
 use daisy_proto::{
-    BlockResult, BlockWork, Dispatch, Event, FailureKind, OutcomeKind, OutcomeReport, WorkerId,
+    BlockResult, BlockWork, Dispatch, Event, FailureKind, OutcomeKind, OutcomeReport, RunningBlock,
+    WorkerId,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     BatchId, Input, QueuedBatch, ReplayMode, ReplayedOutcomes, RunReport, RunScheduler,
-    SchedulerConfig, SchedulerError, SchedulerTransport, TransportError,
+    RunSnapshot, SchedulerConfig, SchedulerError, SchedulerTransport, TransportError,
 };
+
+mod running_tests;
 
 /// The longest any wait may take, in paused time: a test that would hang fails instead.
 const PATIENCE: Duration = Duration::from_secs(3600);
 
 /// The fixed clock of recorded events.
 const UNIX_MS: u64 = 1_700_000_000_000;
+
+/// The run id the actor derives trace ids from.
+const RUN_ID: &str = "run-x";
 
 /// How long a batch must be missing before it is reclaimed: two checks this far apart.
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(10);
@@ -223,6 +229,8 @@ struct FakeTransport {
     /// The id of the last batch dispatched; ids start at 101, clear of replayed ones.
     last_batch: u64,
     capacity: usize,
+    /// What workers report running, as the test sets it.
+    running: Arc<Mutex<Vec<RunningBlock>>>,
 }
 
 impl SchedulerTransport for FakeTransport {
@@ -268,6 +276,10 @@ impl SchedulerTransport for FakeTransport {
         let _ = self.effects.send(Effect::LostChecked(asked));
         let lost = self.lost.lock().expect("the lost set is never poisoned");
         Ok(batches.iter().copied().filter(|batch| lost.contains(batch)).collect())
+    }
+
+    fn running_blocks(&mut self) -> Vec<RunningBlock> {
+        self.running.lock().expect("the running list is never poisoned").clone()
     }
 
     fn batch_capacity(&self, _task: TaskIndex) -> usize {
@@ -435,6 +447,10 @@ struct Harness {
     dispatches: mpsc::UnboundedReceiver<Dispatched>,
     effects_rx: mpsc::UnboundedReceiver<Effect>,
     lost: Arc<Mutex<HashSet<BatchId>>>,
+    /// What the transport says workers run.
+    running: Arc<Mutex<Vec<RunningBlock>>>,
+    /// The actor's live snapshots.
+    snapshots: watch::Receiver<RunSnapshot>,
     cancel: CancellationToken,
     actor: JoinHandle<Result<RunReport, SchedulerError>>,
     world: World,
@@ -450,6 +466,7 @@ impl Harness {
         let (dispatches_tx, dispatches) = mpsc::unbounded_channel();
         let (effects_tx, effects_rx) = mpsc::unbounded_channel();
         let lost = Arc::new(Mutex::new(HashSet::new()));
+        let running = Arc::new(Mutex::new(Vec::new()));
         let transport = FakeTransport {
             steps: steps_rx,
             dispatches: dispatches_tx,
@@ -457,10 +474,13 @@ impl Harness {
             lost: lost.clone(),
             last_batch: 100,
             capacity: setup.capacity,
+            running: running.clone(),
         };
         let world = World::from_record(&pipeline, &setup.replayed);
         let actor = RunScheduler::new(pipeline.clone(), transport, setup.config, setup.replayed)
-            .with_epoch(setup.epoch);
+            .with_epoch(setup.epoch)
+            .with_run_id(RUN_ID);
+        let snapshots = actor.subscribe();
         let cancel = CancellationToken::new();
         let actor = tokio::spawn(actor.run(cancel.clone()));
         Self {
@@ -470,6 +490,8 @@ impl Harness {
             dispatches,
             effects_rx,
             lost,
+            running,
+            snapshots,
             cancel,
             actor,
             world,

@@ -39,11 +39,13 @@ mod clock;
 pub mod nats;
 mod replay;
 mod report;
+mod straggler;
 mod transport;
 
 pub use actor::{RunScheduler, SchedulerConfig, SchedulerError};
 pub use clock::unix_ms_now;
 pub use report::{FirstError, RunReport, RunSnapshot, TaskReport};
+pub use straggler::DEFAULT_STRAGGLER_FACTOR;
 pub use transport::{
     BatchId, Input, QueuedBatch, ReplayMode, ReplayedOutcomes, SchedulerTransport, TransportError,
 };

@@ -1,7 +1,7 @@
 //! What the scheduler tells the world: live snapshots and the final report.
 
 use daisy_core::{BlockId, TaskCounters};
-use daisy_proto::FailureKind;
+use daisy_proto::{FailureKind, Straggler};
 use serde::Serialize;
 
 /// The first failure of a task, for the summary.
@@ -38,6 +38,8 @@ pub struct TaskReport {
     pub abandoned: Option<String>,
     /// The task's block timeout in seconds (for the summary's hint).
     pub timeout_seconds: f64,
+    /// Blocks running now for far longer than the task's median block time.
+    pub stragglers: Vec<Straggler>,
 }
 
 /// A live view of a run.

@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 
 use daisy_core::TaskIndex;
-use daisy_proto::{Dispatch, Event, OutcomeReport};
+use daisy_proto::{Dispatch, Event, OutcomeReport, RunningBlock};
 
 /// A transport failure: the run cannot continue.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,14 @@ pub trait SchedulerTransport: Send {
         _batches: &[BatchId],
     ) -> impl Future<Output = Result<Vec<BatchId>, TransportError>> + Send {
         async { Ok(Vec::new()) }
+    }
+
+    /// The blocks workers say they run now, `running_ms` counted up to now. Best effort
+    /// and lossy (a report may lag behind an outcome; a worker that stopped reporting is
+    /// forgotten): the actor only counts a block it has in flight at the attempt reported.
+    /// The default knows of none.
+    fn running_blocks(&mut self) -> Vec<RunningBlock> {
+        Vec::new()
     }
 
     /// How many batches of `task` may be in flight at once.

@@ -12,6 +12,8 @@
 //!           event.task.<task>.<message sequence> (Nats-Msg-Id) ─► ack
 //!           (stopped early: the unstarted blocks are handed back in the report)
 //!  liveness: a key in the workers bucket, refreshed every TTL/3
+//!  running: the blocks the slots run now, on core NATS (daisy.v1.<run>.running), on change
+//!           (at most 4/s) and every second — the leader's `processing` and stragglers
 //!  exit: when the run's status says finished or cancelled (unless --forever)
 //! ```
 //!
@@ -42,13 +44,14 @@ use std::time::Duration;
 use daisy_core::{TaskIndex, parse_pipeline};
 use daisy_nats::{BlockAcker, BlockConsumer, ConsumerSettings, Nats, RunStreams, WorkerInfo};
 use daisy_proto::subjects::{EventScope, MsgId};
-use daisy_proto::{Dispatch, Event, OutcomeReport, RunId, WorkerId};
+use daisy_proto::{Dispatch, Event, OutcomeReport, RunId, RunningReport, WorkerId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::runner::{HEARTBEAT_INTERVAL, WorkerSlot, WorkerTransport, WorkerTransportError};
+use crate::running::{RunningBlocks, RunningSlot};
 
 /// Builds the processor of one slot (the one factory type of both runtimes).
 pub use crate::factory::ProcessorFactory as NatsProcessorFactory;
@@ -180,6 +183,14 @@ pub async fn run_nats_worker(
         stop.clone(),
     ));
     background.spawn(keep_alive(streams.clone(), options.clone(), stop.clone()));
+    let running = RunningBlocks::default();
+    background.spawn(report_running(
+        nats.clone(),
+        options.run.clone(),
+        WorkerId(options.name.clone()),
+        running.clone(),
+        stop.clone(),
+    ));
 
     let permits = Arc::new(SlotPermits::new(options.slots.max(1) as usize));
     let mut slots = JoinSet::new();
@@ -214,6 +225,7 @@ pub async fn run_nats_worker(
                 ack_wait,
                 worker: worker_id.clone(),
                 unsettled: unsettled.clone(),
+                running: running.slot(worker_id.clone(), spec.id.as_str()),
             };
             let worker = WorkerSlot {
                 pipeline: pipeline.clone(),
@@ -338,6 +350,49 @@ async fn keep_alive(streams: RunStreams, options: NatsWorkerOptions, stop: Cance
     }
 }
 
+/// How often the running reporter looks for a change: changes are coalesced to at most
+/// this many reports a second per process, whatever the block rate.
+const RUNNING_CHECK: Duration = Duration::from_millis(250);
+
+/// A running report goes out at least this often, changed or not: the leader forgets a
+/// worker whose reports stop (`daisy_scheduler::nats` keeps them for a few of these).
+pub const RUNNING_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Tells the leader which blocks this process's slots run now ([`RunningReport`], core
+/// NATS): on change, checked every [`RUNNING_CHECK`], and every [`RUNNING_HEARTBEAT`]. A
+/// failed send is retried by the next one.
+async fn report_running(
+    nats: Nats,
+    run: RunId,
+    worker: WorkerId,
+    running: RunningBlocks,
+    stop: CancellationToken,
+) {
+    let mut check = tokio::time::interval(RUNNING_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_changes = None;
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            _ = check.tick() => {}
+        }
+        let changes = running.changes();
+        if last_changes == Some(changes) && last_sent.elapsed() < RUNNING_HEARTBEAT {
+            continue;
+        }
+        let report = RunningReport { worker: worker.clone(), blocks: running.snapshot() };
+        match nats.publish_running(&run, &report).await {
+            Ok(()) => {
+                last_changes = Some(changes);
+                last_sent = tokio::time::Instant::now();
+            }
+            Err(err) => debug!(error = %err, "could not report the running blocks"),
+        }
+    }
+}
+
 /// How long a worker keeps trying to record outcomes while NATS is
 /// unreachable before it gives up (the batch is then redelivered and the
 /// slot goes on).
@@ -435,6 +490,8 @@ struct NatsWorkerTransport {
     worker: WorkerId,
     /// Outcomes this worker's slots of the task published without a confirmation.
     unsettled: Arc<Unsettled>,
+    /// Where the slot marks the block it runs (see [`report_running`]).
+    running: RunningSlot,
 }
 
 /// Outcome events a worker published without a confirmation, per dispatch message: they may
@@ -842,6 +899,10 @@ impl WorkerTransport for NatsWorkerTransport {
 
     fn heartbeat_interval(&self) -> Duration {
         self.heartbeat
+    }
+
+    fn running_slot(&self) -> Option<RunningSlot> {
+        Some(self.running.clone())
     }
 }
 

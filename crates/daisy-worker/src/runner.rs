@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::process::{BlockFailure, BlockLine, BlockRoi, CheckProcess, Processor};
+use crate::running::RunningSlot;
 
 /// One block as a processor sees it (shaped like Daisy's `Block`).
 #[derive(Debug, Clone)]
@@ -201,6 +202,12 @@ pub trait WorkerTransport: Send {
         async {}
     }
 
+    /// Where the slot marks the block it starts, so the scheduler learns what runs now
+    /// (its `processing` count, stragglers); `None` (the default) tells nobody.
+    fn running_slot(&self) -> Option<RunningSlot> {
+        None
+    }
+
     /// How often to heartbeat while a batch runs.
     fn heartbeat_interval(&self) -> Duration {
         HEARTBEAT_INTERVAL
@@ -243,6 +250,7 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut processor = Some(processor);
         let mut reported_restarts = 0u64;
+        let running_slot = transport.running_slot();
         loop {
             let dispatch = tokio::select! {
                 biased;
@@ -275,8 +283,9 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
             debug!(task = %task_id, blocks = blocks.len(), "batch received");
             let mut running = processor.take().expect("the processor is back after every batch");
             let stop_flag = stop.clone();
+            let slot = running_slot.clone();
             let mut batch = tokio::task::spawn_blocking(move || {
-                let results = run_batch(&mut running, &blocks, &stop_flag);
+                let results = run_batch(&mut running, &blocks, &stop_flag, slot.as_ref());
                 (running, results)
             });
             let mut heartbeat = tokio::time::interval(transport.heartbeat_interval());
@@ -335,11 +344,15 @@ fn run_batch<P: BlockProcessor>(
     processor: &mut P,
     blocks: &[WorkBlock],
     stop: &AtomicBool,
+    running: Option<&RunningSlot>,
 ) -> Vec<BlockResult> {
     let mut results = Vec::with_capacity(blocks.len());
     for block in blocks {
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(running) = running {
+            running.started(block.index.0, block.attempt);
         }
         let started = Instant::now();
         let outcome = run_block(processor, block);
@@ -355,6 +368,9 @@ fn run_batch<P: BlockProcessor>(
             error,
             seconds,
         });
+    }
+    if let Some(running) = running {
+        running.idle();
     }
     results
 }

@@ -24,6 +24,7 @@ use daisy_scheduler::{
 };
 use daisy_worker::factory::ProcessorFactory;
 use daisy_worker::runner::{WorkerSlot, WorkerTransport, WorkerTransportError};
+use daisy_worker::running::{RunningBlocks, RunningSlot};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,8 @@ struct InProcessTransport {
     journal: Option<Journal>,
     /// The id of the last batch dispatched (ids start at 1: 0 names no batch).
     last_batch: u64,
+    /// What the worker slots run now (they mark each block as they start it).
+    running: RunningBlocks,
 }
 
 /// Every worker slot of a task stopped while the scheduler still dispatches to it.
@@ -111,6 +114,10 @@ impl SchedulerTransport for InProcessTransport {
         }
     }
 
+    fn running_blocks(&mut self) -> Vec<daisy_proto::RunningBlock> {
+        self.running.snapshot()
+    }
+
     fn batch_capacity(&self, task: TaskIndex) -> usize {
         self.capacity[task.get()]
     }
@@ -125,6 +132,8 @@ struct InProcessWorkerTransport {
     reports: mpsc::Sender<OutcomeReport>,
     /// The batch being worked on.
     current: BatchId,
+    /// Where the slot marks the block it starts.
+    running: Option<RunningSlot>,
 }
 
 impl WorkerTransport for InProcessWorkerTransport {
@@ -142,6 +151,15 @@ impl WorkerTransport for InProcessWorkerTransport {
         let _ = self.reports.send(report).await;
         Ok(())
     }
+
+    fn running_slot(&self) -> Option<RunningSlot> {
+        self.running.clone()
+    }
+}
+
+/// The name of a worker slot of an in-process run: `<task>-<pid>-<slot>`.
+fn worker_id(pipeline: &Pipeline, task: TaskIndex, slot: u32) -> WorkerId {
+    WorkerId(format!("{}-{}-{slot}", pipeline.task(task).spec.id, std::process::id()))
 }
 
 /// A prepared in-process run: the journal is open (so a locked or changed
@@ -192,8 +210,11 @@ impl InProcessRun {
             report_capacity += batches + slots;
         }
         let (report_tx, report_rx) = mpsc::channel(report_capacity);
+        let running = RunningBlocks::default();
         for (task, slots, rx) in receivers {
+            let task_id = pipeline.task(task).spec.id.as_str();
             for slot in 0..slots as u32 {
+                let running = running.slot(worker_id(&pipeline, task, slot), task_id);
                 workers.push((
                     task,
                     slot,
@@ -201,6 +222,7 @@ impl InProcessRun {
                         dispatch: rx.clone(),
                         reports: report_tx.clone(),
                         current: BatchId(0),
+                        running: Some(running),
                     },
                 ));
             }
@@ -212,13 +234,23 @@ impl InProcessRun {
             reports: report_rx,
             journal,
             last_batch: 0,
+            running,
         };
+        // The run dir is named after the run id (`.daisy/<run-id>`): the trace ids of
+        // stragglers then match those of a NATS run of the same id.
+        let run_id = options
+            .run_dir
+            .as_deref()
+            .and_then(|dir| dir.file_name())
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let scheduler = RunScheduler::new(
             pipeline.clone(),
             transport,
             options.scheduler,
             ReplayedOutcomes { events, ..ReplayedOutcomes::default() },
-        );
+        )
+        .with_run_id(&run_id);
         Ok(Self { pipeline, scheduler, workers, resumed_blocks })
     }
 
@@ -245,10 +277,8 @@ impl InProcessRun {
         let InProcessRun { pipeline, scheduler, workers, .. } = self;
         let mut slots = JoinSet::new();
         let worker_cancel = cancel.child_token();
-        let process_id = std::process::id();
         for (task, slot, transport) in workers {
-            let worker_id =
-                WorkerId(format!("{}-{process_id}-{slot}", pipeline.task(task).spec.id));
+            let worker_id = worker_id(&pipeline, task, slot);
             let worker = WorkerSlot {
                 pipeline: pipeline.clone(),
                 task,

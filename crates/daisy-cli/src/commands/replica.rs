@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Parser;
 use daisy::nats::{DEFAULT_LEASE_TTL, NatsRun, NatsRunOptions, ServerChoice};
 use daisy_proto::RunId;
-use daisy_scheduler::ReplayMode;
+use daisy_scheduler::{ReplayMode, SchedulerConfig};
 
 use crate::commands::run::nats_run_error;
 use crate::foreground::run_in_foreground;
@@ -68,6 +68,10 @@ struct SchedulerCli {
     /// More log lines on stderr: -v info, -vv debug.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// A block running K times its task's median block time (and at least a second) is a
+    /// straggler: logged once, counted, listed by `daisy status`. 0 or "off" disables it.
+    #[arg(long, value_name = "K", default_value = "5", value_parser = super::run::parse_straggler_factor)]
+    straggler_factor: super::run::StragglerFactor,
 }
 
 /// The `daisy-scheduler` binary.
@@ -93,6 +97,10 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
         spec_toml: Some(spec_toml),
         lease_ttl: cli.lease_ttl.into(),
         replay_mode: ReplayMode::Continue,
+        scheduler: SchedulerConfig {
+            straggler_factor: cli.straggler_factor.0,
+            ..SchedulerConfig::default()
+        },
         ..NatsRunOptions::new(
             ServerChoice::Connect(cli.nats.options(url, "daisy-scheduler")),
             run_id.clone(),

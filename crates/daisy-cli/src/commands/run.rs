@@ -137,6 +137,32 @@ pub struct RunArgs {
     /// Print the final report as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// A block running K times its task's median block time (and at least a second) is a
+    /// straggler: logged once, counted, listed by `daisy status`. 0 or "off" disables it.
+    #[arg(long, value_name = "K", default_value = "5", value_parser = parse_straggler_factor)]
+    straggler_factor: StragglerFactor,
+}
+
+/// `--straggler-factor`: `None` when off.
+#[derive(Debug, Clone, Copy)]
+pub struct StragglerFactor(pub Option<f64>);
+
+/// Parses `--straggler-factor`: a positive number, or 0 / `off` to disable detection.
+///
+/// # Errors
+/// Anything else, with what to write instead.
+pub fn parse_straggler_factor(text: &str) -> Result<StragglerFactor, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(StragglerFactor(None));
+    }
+    match text.parse::<f64>() {
+        Ok(0.0) => Ok(StragglerFactor(None)),
+        Ok(factor) if factor.is_finite() && factor > 0.0 => Ok(StragglerFactor(Some(factor))),
+        _ => Err(format!(
+            "{text:?} is not a factor: give a positive number such as 5 (a block running 5x its \
+             task's median is a straggler), or 0 / off to turn straggler detection off"
+        )),
+    }
 }
 
 /// A run ready to start, in either mode (one value per run: its size does
@@ -156,7 +182,10 @@ impl Prepared {
             let options = RunOptions {
                 run_dir: Some(context.run_dir.clone()),
                 fresh: context.fresh,
-                scheduler: SchedulerConfig::default(),
+                scheduler: SchedulerConfig {
+                    straggler_factor: args.straggler_factor.0,
+                    ..SchedulerConfig::default()
+                },
             };
             let run = InProcessRun::prepare(context.pipeline.clone(), options)
                 .map_err(in_process_error)?;
@@ -179,6 +208,10 @@ impl Prepared {
         let options = NatsRunOptions {
             spec_toml: Some(spec_toml),
             fresh: context.fresh,
+            scheduler: SchedulerConfig {
+                straggler_factor: args.straggler_factor.0,
+                ..SchedulerConfig::default()
+            },
             ..NatsRunOptions::new(server, context.run_id.clone())
         };
         let run = NatsRun::prepare(context.pipeline.clone(), options)

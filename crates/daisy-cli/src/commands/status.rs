@@ -24,8 +24,10 @@ Examples:
 
 The JSON schema is stable (the README quotes it):
   {\"run\", \"finished\", \"succeeded\", \"leader\": {\"id\", \"host\", \"pid\"} | null, \"workers\",
-   \"status_age_seconds\": f64 | null, \"tasks\": [{\"id\", \"total\", \"ready\", \"processing\",
-   \"completed\", \"skipped\", \"failed\", \"orphaned\", \"pending\", \"first_error\", \"abandoned\"}]}
+   \"status_age_seconds\": f64 | null, \"tasks\": [{\"id\", \"total\", \"ready\", \"dispatched\",
+   \"processing\", \"completed\", \"skipped\", \"failed\", \"orphaned\", \"pending\", \"first_error\",
+   \"abandoned\", \"stragglers\": [{\"block_id\", \"attempt\", \"worker\", \"running_seconds\",
+   \"median_seconds\", \"trace_id\"}]}]}
 
 ",
     exit_codes_help!(),
@@ -57,9 +59,12 @@ pub struct StatusArgs {
 /// {"run": str, "finished": bool, "succeeded": bool,
 ///  "leader": {"id": str, "host": str, "pid": u32} | null,
 ///  "workers": u64, "status_age_seconds": f64 | null,
-///  "tasks": [{"id": str, "total": u64, "ready": u64, "processing": u64, "completed": u64,
-///             "skipped": u64, "failed": u64, "orphaned": u64, "pending": u64,
-///             "first_error": str | null, "abandoned": str | null}]}
+///  "tasks": [{"id": str, "total": u64, "ready": u64, "dispatched": u64, "processing": u64,
+///             "completed": u64, "skipped": u64, "failed": u64, "orphaned": u64, "pending": u64,
+///             "first_error": str | null, "abandoned": str | null,
+///             "stragglers": [{"block_id": u64, "attempt": u32, "worker": str,
+///                             "running_seconds": f64, "median_seconds": f64,
+///                             "trace_id": str}]}]}
 /// ```
 ///
 /// * `finished`: every block has an outcome; `succeeded`: every block succeeded or was
@@ -69,10 +74,15 @@ pub struct StatusArgs {
 /// * `status_age_seconds`: since the leader last wrote the status (every second while it
 ///   leads), by this machine's clock; `null` before any scheduler wrote one (`tasks` is
 ///   empty then).
-/// * `tasks`, in topological order: `completed` includes `skipped`; `pending` blocks wait
+/// * `tasks`, in topological order: `processing` blocks run now (Daisy's meaning: at most
+///   the task's `max_workers`); `dispatched` blocks were handed to a worker in a batch and
+///   have not started; `completed` includes `skipped`; `pending` blocks wait
 ///   for upstream blocks; `orphaned` blocks will not run because an upstream block failed;
 ///   `first_error` is `"block <id> attempt <n> (<kind>): <message>"`; `abandoned` says why a
-///   task was given up.
+///   task was given up; `stragglers` are blocks running now for longer than
+///   `--straggler-factor` times the task's median block time, with the worker slot running
+///   them and their trace id. After a leader change the last counters written stay until
+///   the new leader writes its own.
 ///
 /// Fields may be added; none is removed or changes meaning.
 #[derive(Debug, Serialize)]
@@ -199,10 +209,11 @@ fn write_text(
     let width = status.tasks.iter().map(|t| t.id.len()).max().unwrap_or(4).max(4);
     writeln!(
         out,
-        "\n{:<width$}  {:>9}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+        "\n{:<width$}  {:>9}  {:>9}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
         "task",
         "total",
         "ready",
+        "dispatched",
         "processing",
         "completed",
         "skipped",
@@ -213,10 +224,11 @@ fn write_text(
     for t in &status.tasks {
         writeln!(
             out,
-            "{:<width$}  {:>9}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
+            "{:<width$}  {:>9}  {:>9}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}",
             t.id,
             t.counters.total,
             t.counters.ready,
+            t.counters.dispatched,
             t.counters.processing,
             t.counters.completed,
             t.counters.skipped,
@@ -224,6 +236,18 @@ fn write_text(
             t.counters.orphaned,
             t.pending
         )?;
+    }
+    let stragglers: Vec<_> =
+        status.tasks.iter().flat_map(|t| t.stragglers.iter().map(move |s| (&t.id, s))).collect();
+    if !stragglers.is_empty() {
+        writeln!(out, "\nstragglers (running far longer than their task's median block time):")?;
+        for (task, s) in stragglers {
+            writeln!(
+                out,
+                "  {task}: block {} attempt {} on {}, running {:.1}s (median {:.2}s), trace {}",
+                s.block_id, s.attempt, s.worker, s.running_seconds, s.median_seconds, s.trace_id
+            )?;
+        }
     }
     let errors: Vec<_> =
         status.tasks.iter().filter(|t| t.first_error.is_some() || t.abandoned.is_some()).collect();

@@ -13,6 +13,7 @@
 //!     │      inputs   ◄── daisy.v1.<run>.event.>       (recorded by workers)
 //!     │      applied batches ──► deleted from the block stream
 //!     ├─ dead letters (MAX_DELIVERIES advisories) ──► failure events   (dead_letters)
+//!     ├─ what workers run now ◄── daisy.v1.<run>.running (core NATS)  (running)
 //!     └─ status (KV) every second; finished at the end                (status)
 //! ```
 //!
@@ -38,6 +39,7 @@
 mod dead_letters;
 mod election;
 mod recovery;
+mod running;
 mod status;
 mod transport;
 
@@ -54,6 +56,7 @@ use tracing::{debug, info, warn};
 use crate::{ReplayMode, ReplayedOutcomes, RunReport, RunScheduler, RunSnapshot, SchedulerConfig};
 use election::{keep_lease, stand_by};
 use recovery::recover;
+use running::{RunningWorkers, follow_running};
 use status::{claim_status, publish_spec, status_of, write_final_status, write_status};
 use transport::{NatsSchedulerTransport, REMOVALS_CAPACITY, remove_applied_batches};
 
@@ -211,6 +214,8 @@ pub async fn run_replica(
 
     let cancel_requested = CancellationToken::new();
     let (removals, removal_queue) = mpsc::channel(REMOVALS_CAPACITY);
+    let running = RunningWorkers::default();
+    helpers.spawn(follow_running(nats.clone(), run.clone(), running.clone(), stop.clone()));
     let capacity =
         options.pipeline.tasks().iter().map(|t| t.spec.max_workers as usize * 2).collect();
     let mut fence = EpochFence::default();
@@ -233,6 +238,7 @@ pub async fn run_replica(
         removals,
         dispatches: 0,
         start_recorded: true,
+        running,
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),
@@ -244,7 +250,8 @@ pub async fn run_replica(
             in_flight: recovered.in_flight,
         },
     )
-    .with_epoch(epoch);
+    .with_epoch(epoch)
+    .with_run_id(run.as_str());
     let snapshots = actor.subscribe();
     if let Some(on_leading) = options.on_leading.take() {
         on_leading(snapshots.clone());

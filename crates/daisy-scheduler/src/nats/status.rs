@@ -126,6 +126,7 @@ pub(super) fn status_of(
                     )
                 }),
                 abandoned: task.abandoned.clone(),
+                stragglers: task.stragglers.clone(),
             }
         })
         .collect();
@@ -155,6 +156,10 @@ pub(super) async fn write_status(
         }
         let cancelled = cancel_requested.is_cancelled();
         let status = status_of(&snapshots.borrow_and_update(), guard.epoch(), false, cancelled);
+        if status.tasks.is_empty() {
+            // No counters yet: keep the last known ones (an earlier leader's) standing.
+            continue;
+        }
         match write_fenced(&streams, &guard, &status).await {
             Ok(()) => {}
             Err(MetaError::Deposed { .. }) => return,

@@ -63,6 +63,8 @@ pub(super) struct NatsSchedulerTransport {
     /// Whether this leader's `RunStarted` is recorded already (before its replay, so that
     /// the replay fences off deposed leaders): the actor's is then not recorded again.
     pub start_recorded: bool,
+    /// What workers report running now.
+    pub running: super::running::RunningWorkers,
 }
 
 impl NatsSchedulerTransport {
@@ -304,6 +306,10 @@ impl SchedulerTransport for NatsSchedulerTransport {
             None => EventScope::Run,
         };
         self.publish_event(scope, event).await
+    }
+
+    fn running_blocks(&mut self) -> Vec<daisy_proto::RunningBlock> {
+        self.running.running_now()
     }
 
     async fn remove_batch(&mut self, _task: TaskIndex, batch: BatchId) {
