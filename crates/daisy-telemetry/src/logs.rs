@@ -1,8 +1,8 @@
-//! Installs the `tracing` subscriber of the `daisy` binary: an env filter and
-//! an fmt layer on stderr that never tears the progress bars.
+//! Where log lines go: stderr, never tearing the progress bars of `daisy run`; and which
+//! lines pass (the env filter).
 //!
 //! # Ownership
-//! Owns where log lines go. It does not own the bars: `progress` attaches
+//! Owns where log lines go. It does not own the bars: the CLI's progress display attaches
 //! its `MultiProgress` to the [`LogOutput`] handle while they are shown, and
 //! every log line is then written inside `MultiProgress::suspend` (the bars
 //! are cleared, the line written, the bars redrawn).
@@ -13,7 +13,7 @@
 //! `tracing-indicatif` crate (one more dependency and a span-per-bar model
 //! that does not fit one bar per task). Suspending is a few lines.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use indicatif::MultiProgress;
@@ -21,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// The crates whose level `-v` raises.
-const DAISY_CRATES: [&str; 8] = [
+const DAISY_CRATES: [&str; 9] = [
     "daisy",
     "daisy_cli",
     "daisy_core",
@@ -30,6 +30,7 @@ const DAISY_CRATES: [&str; 8] = [
     "daisy_worker",
     "daisy_nats",
     "daisy_array",
+    "daisy_telemetry",
 ];
 
 /// Where log lines go: stderr, around the progress bars when they are shown.
@@ -91,7 +92,7 @@ impl<'a> MakeWriter<'a> for LogOutput {
 
 /// The filter: `-v` (info) and `-vv` (debug) for daisy crates win over
 /// `RUST_LOG`, which wins over the default (`warn`).
-fn filter(verbose: u8) -> EnvFilter {
+pub(crate) fn filter(verbose: u8) -> EnvFilter {
     let level = match verbose {
         0 => None,
         1 => Some("info"),
@@ -107,18 +108,4 @@ fn filter(verbose: u8) -> EnvFilter {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::new(directives),
         _ => EnvFilter::new("warn"),
     }
-}
-
-/// Installs the subscriber and returns the handle progress bars attach to.
-pub fn init(verbose: u8) -> LogOutput {
-    let output = LogOutput::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter(verbose))
-        .with_writer(output.clone())
-        .with_target(false)
-        .with_ansi(io::stderr().is_terminal())
-        .finish();
-    // A second subscriber can only come from a test harness; keep the first.
-    let _ = tracing::subscriber::set_global_default(subscriber);
-    output
 }
