@@ -30,11 +30,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::Context;
 use opentelemetry::trace::{
-    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer as _,
+    Link, Span as _, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
 };
-use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{
     Config, IdGenerator, RandomIdGenerator, SamplingDecision, SamplingResult, SdkTracer,
     ShouldSample,
@@ -43,7 +42,8 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::BlockTraceId;
 
-pub use opentelemetry::Value;
+pub use opentelemetry::KeyValue;
+pub use opentelemetry::trace::{SpanContext, SpanKind};
 
 /// The tracer of block spans, set when a collector is configured.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();

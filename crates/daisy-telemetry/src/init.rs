@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -118,6 +118,18 @@ impl Drop for Telemetry {
     }
 }
 
+/// The exporting provider, for [`flush_before_exit`].
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Exports the queued spans, waiting at most a second: for paths that end the process with
+/// `std::process::exit` (a second Ctrl-C), where [`Telemetry`] is never dropped.
+pub fn flush_before_exit() {
+    if let Some(provider) = PROVIDER.get() {
+        blocks::disable();
+        let _ = provider.shutdown_with_timeout(Duration::from_secs(1));
+    }
+}
+
 /// Installs the subscriber (once per process: a second call only returns a handle that
 /// exports nothing, which is what tests running several commands in one process need).
 ///
@@ -155,6 +167,7 @@ pub fn init(options: Options) -> Result<Telemetry, InitError> {
     let provider = match (installed, provider) {
         (Ok(()), Some(provider)) => {
             blocks::enable(provider.tracer("daisy-blocks"));
+            let _ = PROVIDER.set(provider.clone());
             Some(provider)
         }
         // A subscriber was installed before (a test harness): keep it, export nothing.

@@ -21,6 +21,6 @@ pub mod logs;
 pub mod propagation;
 pub mod trace_id;
 
-pub use init::{InitError, LogFormat, Options, Telemetry, init};
+pub use init::{InitError, LogFormat, Options, Telemetry, flush_before_exit, init};
 pub use logs::LogOutput;
 pub use trace_id::{BlockTraceId, block_trace_id};

@@ -26,3 +26,4 @@ pub mod factory;
 pub mod nats;
 pub mod process;
 pub mod runner;
+pub mod traces;

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
 use crate::summary::{RunPlaces, write_json, write_text};
-use crate::telemetry::LogOutput;
+use daisy_telemetry::LogOutput;
 
 const AFTER_HELP: &str = "\
 Examples:

@@ -39,6 +39,7 @@ mod dead_letters;
 mod election;
 mod recovery;
 mod status;
+mod traces;
 mod transport;
 
 use std::sync::Arc;
@@ -233,6 +234,12 @@ pub async fn run_replica(
         removals,
         dispatches: 0,
         start_recorded: true,
+        traces: traces::BlockTraces::new(
+            run.clone(),
+            options.pipeline.clone(),
+            epoch,
+            options.holder.id.to_string(),
+        ),
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),
