@@ -6,4 +6,5 @@ mod ops;
 mod plan;
 mod run;
 mod timeline;
+mod traces;
 mod util;
