@@ -32,7 +32,10 @@ fn by_block(spans: &[ReceivedSpan]) -> BTreeMap<(String, u64), Vec<ReceivedSpan>
 }
 
 /// Every span of every block is in the block's derived trace.
-fn assert_one_derived_trace_per_block(run: &str, blocks: &BTreeMap<(String, u64), Vec<ReceivedSpan>>) {
+fn assert_one_derived_trace_per_block(
+    run: &str,
+    blocks: &BTreeMap<(String, u64), Vec<ReceivedSpan>>,
+) {
     for ((task, id), spans) in blocks {
         let expected = daisy_telemetry::block_trace_id(run, task, *id).to_string();
         let traces: BTreeSet<&str> = spans.iter().map(|span| span.trace_id.as_str()).collect();
@@ -57,10 +60,19 @@ fn every_block_has_one_derived_trace_holding_both_attempts_of_a_block_that_faile
     let mut scheduler = Proc::spawn("scheduler", exporting(&mut setup.scheduler("r"), &receiver));
     let mut worker = Proc::spawn(
         "worker",
-        exporting(setup.worker("r").env("FAIL_ONCE", "t:2"), &receiver),
+        exporting(setup.worker("r").env("FAIL_ONCE", "t:2"), &receiver)
+            .args(["--log-format", "json"]),
     );
     assert_eq!(scheduler.wait(RUN_DEADLINE), Some(0), "{}", scheduler.stderr());
     assert_eq!(worker.wait(RUN_DEADLINE), Some(0), "{}", worker.stderr());
+    // Log shippers read the worker's stderr: one JSON object per line.
+    let logs = worker.stderr();
+    assert!(logs.contains("worker done"), "{logs}");
+    for line in logs.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}"));
+        assert!(event["level"].is_string() && event["fields"].is_object(), "{line}");
+    }
 
     let spans = receiver.spans();
     let blocks = by_block(&spans);
@@ -77,7 +89,10 @@ fn every_block_has_one_derived_trace_holding_both_attempts_of_a_block_that_faile
         for process in &processes {
             let dispatch = parent_of(spans, process)
                 .unwrap_or_else(|| panic!("block {id}: the process span's parent is missing"));
-            assert_eq!(dispatch.name, "dispatch", "block {id}: the worker hangs under the dispatch");
+            assert_eq!(
+                dispatch.name, "dispatch",
+                "block {id}: the worker hangs under the dispatch"
+            );
             assert_eq!(dispatch.attr("daisy.attempt"), process.attr("daisy.attempt"));
             assert_eq!(dispatch.parent.as_ref(), Some(&lifetimes[0].span_id));
             assert!(process.attr("daisy.logs").is_some_and(|logs| logs.contains(".err")));
@@ -99,8 +114,10 @@ fn every_block_has_one_derived_trace_holding_both_attempts_of_a_block_that_faile
     assert!(error.contains("failed"), "{error}");
     assert_eq!(processes[1].error, None, "the second attempt succeeded");
     assert_eq!(processes[1].attr("daisy.attempt"), Some("2"));
-    let failed_dispatches =
-        named(spans, "dispatch", "daisy-scheduler").into_iter().filter(|s| s.error.is_some()).count();
+    let failed_dispatches = named(spans, "dispatch", "daisy-scheduler")
+        .into_iter()
+        .filter(|s| s.error.is_some())
+        .count();
     assert_eq!(failed_dispatches, 1, "the scheduler's dispatch of attempt 1 is an Error too");
 
     // `daisy trace` prints the same id, and the link to open it.
@@ -123,7 +140,8 @@ fn a_redelivered_block_and_blocks_finished_by_a_new_leader_each_keep_one_trace()
     leader.wait_line("leading the run", RUN_DEADLINE);
     let mut standby = Proc::spawn("standby", exporting(&mut setup.scheduler("r"), &receiver));
     standby.wait_line("standing by", RUN_DEADLINE);
-    let mut victim = Proc::spawn("worker A", exporting(setup.worker("r").env("SLEEP", "1"), &receiver));
+    let mut victim =
+        Proc::spawn("worker A", exporting(setup.worker("r").env("SLEEP", "1"), &receiver));
     let mut survivor =
         Proc::spawn("worker B", exporting(setup.worker("r").env("SLEEP", "0.3"), &receiver));
     let victim_pid = victim.pid();
@@ -201,4 +219,33 @@ fn spans_named<'a>(
     name: &'a str,
 ) -> impl Iterator<Item = &'a ReceivedSpan> {
     blocks.values().flatten().filter(move |span| span.name == name)
+}
+
+#[test]
+fn an_unreachable_collector_costs_a_warning_and_the_run_completes() {
+    let setup = Setup::new();
+    // A port nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    setup.pipeline("r", &setup.task("t", 4, ""));
+    let output = run(setup
+        .daisy_run("r")
+        .args(["--otlp", &format!("http://{closed}")])
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100"));
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(setup.recorded_done("r").len(), 4);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings = stderr.matches("the OTLP collector does not take spans").count();
+    assert_eq!(warnings, 1, "one warning, not one per export: {stderr}");
+}
+
+#[test]
+fn a_bad_otlp_url_or_protocol_is_bad_input_naming_the_fix() {
+    let output = run(daisy().args(["--otlp", "localhost:4318", "trace", "r", "t", "1"]));
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--otlp http://localhost:4318"));
+    let output = run(daisy()
+        .args(["--otlp", "http://localhost:4318", "trace", "r", "t", "1"])
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"));
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("use http/protobuf"));
 }

@@ -83,13 +83,13 @@ impl SamplingPolicy {
     fn from_env() -> Self {
         let ratio = match std::env::var("OTEL_TRACES_SAMPLER").as_deref() {
             Ok("always_off" | "parentbased_always_off") => 0.0,
-            Ok("traceidratio" | "parentbased_traceidratio") => std::env::var(
-                "OTEL_TRACES_SAMPLER_ARG",
-            )
-            .ok()
-            .and_then(|arg| arg.trim().parse::<f64>().ok())
-            .filter(|ratio| (0.0..=1.0).contains(ratio))
-            .unwrap_or(1.0),
+            Ok("traceidratio" | "parentbased_traceidratio") => {
+                std::env::var("OTEL_TRACES_SAMPLER_ARG")
+                    .ok()
+                    .and_then(|arg| arg.trim().parse::<f64>().ok())
+                    .filter(|ratio| (0.0..=1.0).contains(ratio))
+                    .unwrap_or(1.0)
+            }
             _ => 1.0,
         };
         let slow = std::env::var("DAISY_TRACE_SLOW")
@@ -188,7 +188,12 @@ pub struct SpanRecord {
 
 impl SpanRecord {
     /// A span of `trace` from `start` to `end`, with nothing else set.
-    pub fn new(name: &'static str, trace: BlockTraceId, start: SystemTime, end: SystemTime) -> Self {
+    pub fn new(
+        name: &'static str,
+        trace: BlockTraceId,
+        start: SystemTime,
+        end: SystemTime,
+    ) -> Self {
         Self {
             name,
             trace,
@@ -254,9 +259,7 @@ pub fn emit(record: SpanRecord) {
         .with_start_time(record.start)
         .with_attributes(record.attributes);
     if !record.links.is_empty() {
-        builder = builder.with_links(
-            record.links.into_iter().map(|cx| Link::with_context(cx)).collect(),
-        );
+        builder = builder.with_links(record.links.into_iter().map(Link::with_context).collect());
     }
     // The SDK takes span ids (and a root's trace id) from its id generator and asks its
     // sampler: both are ours and read these for the one span built on this thread now.
@@ -350,7 +353,10 @@ mod tests {
         assert_eq!(dispatch_span_id(trace, 3), dispatch_span_id(trace, 3));
         assert_ne!(dispatch_span_id(trace, 3), dispatch_span_id(trace, 4));
         assert_ne!(dispatch_span_id(trace, 3), block_span_id(trace, 3));
-        assert_ne!(dispatch_span_id(trace, 3), dispatch_span_id(block_trace_id("run", "task", 8), 3));
+        assert_ne!(
+            dispatch_span_id(trace, 3),
+            dispatch_span_id(block_trace_id("run", "task", 8), 3)
+        );
     }
 
     #[test]
@@ -365,10 +371,9 @@ mod tests {
         assert!(!policy.keeps(dropped, Attempt::default()));
         assert!(policy.keeps(dropped, Attempt { failed: true, ..Attempt::default() }));
         assert!(policy.keeps(dropped, Attempt { retried: true, ..Attempt::default() }));
-        assert!(policy.keeps(
-            dropped,
-            Attempt { took: Duration::from_secs(60), ..Attempt::default() }
-        ));
+        assert!(
+            policy.keeps(dropped, Attempt { took: Duration::from_secs(60), ..Attempt::default() })
+        );
         let none = SamplingPolicy { ratio: 0.0, ..policy };
         assert!(!none.by_id(block_trace_id("r", "t", 1)));
     }

@@ -9,8 +9,8 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal};
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;

@@ -313,7 +313,8 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                 .collect();
             debug!(task = %task_id, blocks = blocks.len(), "batch received");
             // Block spans: only when exported and the transport names the batch.
-            let trace = transport.batch_trace().filter(|_| daisy_telemetry::blocks::enabled());
+            let trace =
+                daisy_telemetry::blocks::enabled().then(|| transport.batch_trace()).flatten();
             let mut heartbeats = Vec::new();
             let mut running = processor.take().expect("the processor is back after every batch");
             let stop_flag = stop.clone();
@@ -378,9 +379,21 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
             let results = spans.as_ref().map(|_| report.results.clone());
             let recording = std::time::SystemTime::now();
             transport.report(report).await?;
-            if let (Some((trace, timings, blocks, has_check, logs)), Some(results)) = (spans, results) {
+            if let (Some((trace, timings, blocks, has_check, logs)), Some(results)) =
+                (spans, results)
+            {
                 let recorded = (recording, std::time::SystemTime::now());
-                crate::traces::emit_batch(&trace, &worker_id, &blocks, &results, &timings, &heartbeats, recorded, has_check, &logs);
+                crate::traces::emit_batch(
+                    &trace,
+                    &worker_id,
+                    &blocks,
+                    &results,
+                    &timings,
+                    &heartbeats,
+                    recorded,
+                    has_check,
+                    &logs,
+                );
             }
         }
         if let Some(mut processor) = processor {

@@ -58,7 +58,8 @@ pub(crate) fn emit_batch(
 ) {
     let policy = blocks::policy();
     for ((result, timing), (block, level)) in results.iter().zip(timings).zip(blocks) {
-        let trace_id = daisy_telemetry::block_trace_id(&trace.run, &block.task_id, block.block_id.0);
+        let trace_id =
+            daisy_telemetry::block_trace_id(&trace.run, &block.task_id, block.block_id.0);
         let failed = matches!(result.outcome, OutcomeKind::Failed { .. });
         let took = timing.end.duration_since(timing.start).unwrap_or(Duration::ZERO);
         let retried = result.attempt > 1 || trace.delivery > 1;

@@ -143,10 +143,16 @@ impl BlockTraces {
                 span.attributes = place.attributes(&self.run, &report.task, attempt);
                 span.attributes.extend([
                     blocks::KeyValue::new("daisy.batch", i64::try_from(batch).unwrap_or(i64::MAX)),
-                    blocks::KeyValue::new("daisy.epoch", i64::try_from(self.epoch).unwrap_or(i64::MAX)),
+                    blocks::KeyValue::new(
+                        "daisy.epoch",
+                        i64::try_from(self.epoch).unwrap_or(i64::MAX),
+                    ),
                     blocks::KeyValue::new("daisy.leader", self.leader.clone()),
                     blocks::KeyValue::new("daisy.worker", report.worker.0.clone()),
-                    blocks::KeyValue::new("daisy.delivery", i64::try_from(report.delivery).unwrap_or(i64::MAX)),
+                    blocks::KeyValue::new(
+                        "daisy.delivery",
+                        i64::try_from(report.delivery).unwrap_or(i64::MAX),
+                    ),
                     blocks::KeyValue::new("daisy.outcome", outcome),
                     blocks::KeyValue::new("daisy.adopted", adopted),
                 ]);

@@ -247,10 +247,8 @@ impl SchedulerTransport for NatsSchedulerTransport {
             (daisy_nats::trace::current_headers(), daisy_telemetry::blocks::current_span_context())
         });
         debug!(task = %task_id, blocks = dispatch.blocks.len(), "dispatching batch");
-        let published = self
-            .publish_dispatch(&task_id, &dispatch, &msg_id, headers)
-            .instrument(span)
-            .await?;
+        let published =
+            self.publish_dispatch(&task_id, &dispatch, &msg_id, headers).instrument(span).await?;
         if let Some(traces) = &mut self.traces {
             traces.dispatched(task, &dispatch, published.stream_sequence, link);
         }
