@@ -242,7 +242,12 @@ impl SchedulerTransport for NatsSchedulerTransport {
         let msg_id = MsgId::dispatch_numbered(&self.run, &task_id, dispatch.epoch, self.dispatches);
         // The batch's own span rides in its `traceparent`; each block's spans are in the
         // block's trace and link to it.
-        let span = info_span!("dispatch batch", daisy.run = %self.run, daisy.task = %task_id, daisy.blocks = dispatch.blocks.len(), daisy.epoch = dispatch.epoch);
+        // Not even built when nothing is exported: a span per batch costs the hot path.
+        let span = if self.traces.is_some() {
+            info_span!("dispatch batch", daisy.run = %self.run, daisy.task = %task_id, daisy.blocks = dispatch.blocks.len(), daisy.epoch = dispatch.epoch)
+        } else {
+            tracing::Span::none()
+        };
         let (headers, link) = span.in_scope(|| {
             (daisy_nats::trace::current_headers(), daisy_telemetry::blocks::current_span_context())
         });
