@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::progress::{Progress, ProgressMode, follow};
-use crate::telemetry::LogOutput;
+use daisy_telemetry::LogOutput;
 
 /// Runs `run` (given the token Ctrl-C cancels) while showing the progress
 /// of `snapshots`; returns its report, or its error once the display is
@@ -100,6 +100,7 @@ async fn watch_interrupts(cancel: CancellationToken, run_over: CancellationToken
 fn quit_at_once(logs: &LogOutput) -> ! {
     daisy_worker::process::kill_all_children();
     daisy::nats::embedded::kill_embedded_servers();
+    daisy_telemetry::flush_before_exit();
     logs.note(
         "daisy: interrupted again: quitting now; blocks in flight are not recorded and run again \
          next time",

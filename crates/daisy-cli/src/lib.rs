@@ -55,6 +55,8 @@ Examples:
   daisy runs                               the runs on the NATS server (--delete RUN deletes one)
   daisy retry RUN                          re-drive the failed and orphaned blocks of a finished run
   daisy cancel RUN                         stop a running run; `daisy run FILE` resumes it
+  daisy trace RUN TASK BLOCK --jaeger URL  the trace id of a block, and the Jaeger link to it
+  daisy run pipeline.toml --otlp http://localhost:4318   one trace per block in Jaeger
 
 run, status, runs, retry and cancel use --nats URL, else $NATS_URL, else the embedded server of
 ./.daisy (--state-dir): `daisy run` starts it, and after the run ended status, runs, retry and
@@ -77,6 +79,8 @@ struct Cli {
     /// More log lines on stderr: -v info, -vv debug (beats RUST_LOG).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    #[command(flatten)]
+    telemetry: telemetry::TelemetryArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,20 +91,27 @@ enum Command {
     Runs(commands::runs::RunsArgs),
     Retry(commands::retry::RetryArgs),
     Cancel(commands::cancel::CancelArgs),
+    Trace(commands::trace::TraceArgs),
 }
 
 /// The `daisy` binary.
 pub fn daisy_main() -> ExitCode {
     let cli = Cli::parse();
-    let logs = telemetry::init(cli.verbose);
+    let telemetry = match cli.telemetry.init("daisy", cli.verbose) {
+        Ok(telemetry) => telemetry,
+        Err(err) => return exit_code(Err(err.into())),
+    };
     let result = match cli.command {
         Command::Plan(args) => commands::plan::run(args),
-        Command::Run(args) => commands::run::run(args, logs),
+        Command::Run(args) => commands::run::run(args, telemetry.logs()),
         Command::Status(args) => commands::status::run(args),
         Command::Runs(args) => commands::runs::run(args),
         Command::Retry(args) => commands::retry::run(args),
         Command::Cancel(args) => commands::cancel::run(args),
+        Command::Trace(args) => commands::trace::run(args),
     };
+    // Flushes the spans still queued before the process ends.
+    drop(telemetry);
     exit_code(result)
 }
 

@@ -20,7 +20,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, P
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::LogOutput;
+use daisy_telemetry::LogOutput;
 
 /// Bars are redrawn about four times a second.
 const BAR_INTERVAL: Duration = Duration::from_millis(250);

@@ -1,124 +1,28 @@
-//! Installs the `tracing` subscriber of the `daisy` binary: an env filter and
-//! an fmt layer on stderr that never tears the progress bars.
-//!
-//! # Ownership
-//! Owns where log lines go. It does not own the bars: `progress` attaches
-//! its `MultiProgress` to the [`LogOutput`] handle while they are shown, and
-//! every log line is then written inside `MultiProgress::suspend` (the bars
-//! are cleared, the line written, the bars redrawn).
-//!
-//! # Why
-//! The alternatives were `MultiProgress::println` (prints nothing when the
-//! bars are hidden, so logs would vanish without a terminal) and the
-//! `tracing-indicatif` crate (one more dependency and a span-per-bar model
-//! that does not fit one bar per task). Suspending is a few lines.
+//! The telemetry flags every binary takes, and the set-up through `daisy-telemetry`.
 
-use std::io::{self, IsTerminal, Write};
-use std::sync::{Arc, Mutex, PoisonError};
+use clap::Args;
+use daisy_telemetry::{LogFormat, Options, Telemetry};
 
-use indicatif::MultiProgress;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
-
-/// The crates whose level `-v` raises.
-const DAISY_CRATES: [&str; 8] = [
-    "daisy",
-    "daisy_cli",
-    "daisy_core",
-    "daisy_proto",
-    "daisy_scheduler",
-    "daisy_worker",
-    "daisy_nats",
-    "daisy_array",
-];
-
-/// Where log lines go: stderr, around the progress bars when they are shown.
-/// Cloned into the subscriber and into the progress display.
-#[derive(Clone, Default)]
-pub struct LogOutput {
-    bars: Arc<Mutex<Option<MultiProgress>>>,
+/// Where logs and traces go.
+#[derive(Debug, Clone, Args)]
+pub struct TelemetryArgs {
+    /// Log lines on stderr as `human` text or `json` objects (one per line).
+    #[arg(long, value_name = "FORMAT", default_value = "human", global = true)]
+    pub log_format: LogFormat,
+    /// Export traces (one per block) to this OTLP/HTTP collector, e.g. Jaeger's
+    /// http://localhost:4318. Without it, OTEL_EXPORTER_OTLP_ENDPOINT is used if set.
+    #[arg(long, value_name = "URL", global = true)]
+    pub otlp: Option<String>,
 }
 
-impl LogOutput {
-    /// Writes log lines around `bars` until [`LogOutput::detach`].
-    pub fn attach(&self, bars: MultiProgress) {
-        *self.bars.lock().unwrap_or_else(PoisonError::into_inner) = Some(bars);
+impl TelemetryArgs {
+    /// Installs logging and tracing for `service` (the binary's name, unless
+    /// `OTEL_SERVICE_NAME` says otherwise). Unusable OTLP settings are bad input.
+    pub fn init(&self, service: &str, verbose: u8) -> Result<Telemetry, crate::input::BadInput> {
+        let mut options = Options::new(service);
+        options.verbose = verbose;
+        options.log_format = self.log_format;
+        options.otlp = self.otlp.clone();
+        daisy_telemetry::init(options).map_err(|err| crate::input::BadInput(err.to_string()))
     }
-
-    /// Writes log lines straight to stderr again.
-    pub fn detach(&self) {
-        *self.bars.lock().unwrap_or_else(PoisonError::into_inner) = None;
-    }
-
-    /// Prints a line for the user on stderr without tearing the bars.
-    pub fn note(&self, line: &str) {
-        let mut text = line.to_owned();
-        text.push('\n');
-        let _ = self.make_writer().write_all(text.as_bytes());
-    }
-}
-
-/// Writes one formatted log event.
-pub struct LogWriter {
-    bars: Option<MultiProgress>,
-}
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match &self.bars {
-            Some(bars) => bars.suspend(|| io::stderr().lock().write_all(buf)),
-            None => io::stderr().lock().write_all(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
-    }
-}
-
-impl<'a> MakeWriter<'a> for LogOutput {
-    type Writer = LogWriter;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        LogWriter { bars: self.bars.lock().unwrap_or_else(PoisonError::into_inner).clone() }
-    }
-}
-
-/// The filter: `-v` (info) and `-vv` (debug) for daisy crates win over
-/// `RUST_LOG`, which wins over the default (`warn`).
-fn filter(verbose: u8) -> EnvFilter {
-    let level = match verbose {
-        0 => None,
-        1 => Some("info"),
-        2 => Some("debug"),
-        _ => Some("trace"),
-    };
-    if let Some(level) = level {
-        let directives: Vec<String> =
-            DAISY_CRATES.iter().map(|krate| format!("{krate}={level}")).collect();
-        return EnvFilter::new(format!("warn,{}", directives.join(",")));
-    }
-    match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::new(directives),
-        _ => EnvFilter::new("warn"),
-    }
-}
-
-/// Installs the subscriber and returns the handle progress bars attach to.
-pub fn init(verbose: u8) -> LogOutput {
-    let output = LogOutput::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter(verbose))
-        .with_writer(output.clone())
-        .with_target(false)
-        .with_ansi(io::stderr().is_terminal())
-        .finish();
-    // A second subscriber can only come from a test harness; keep the first.
-    let _ = tracing::subscriber::set_global_default(subscriber);
-    output
 }

@@ -11,4 +11,5 @@ mod run;
 mod running;
 mod smooth;
 mod timeline;
+mod traces;
 mod util;

@@ -195,6 +195,8 @@ pub struct ReceivedDispatch {
     pub subject: String,
     /// Its headers (`traceparent`, `Nats-Msg-Id`), if any.
     pub headers: Option<HeaderMap>,
+    /// When the server stored it (where a block's queue wait starts).
+    pub published: std::time::SystemTime,
     /// Acknowledges this delivery; can move to another task.
     pub acker: BlockAcker,
 }
@@ -355,12 +357,16 @@ impl BlockConsumer {
         &self,
         message: async_nats::jetstream::Message,
     ) -> Result<ReceivedDispatch, ConsumerError> {
-        let (stream_sequence, delivered) = {
+        let (stream_sequence, delivered, published) = {
             let info = message.info().map_err(|source| ConsumerError::Metadata {
                 consumer: self.name.clone(),
                 source,
             })?;
-            (info.stream_sequence, u64::try_from(info.delivered).unwrap_or(0))
+            (
+                info.stream_sequence,
+                u64::try_from(info.delivered).unwrap_or(0),
+                std::time::SystemTime::from(info.published),
+            )
         };
         let (message, acker) = message.split();
         let subject = message.subject.to_string();
@@ -381,6 +387,7 @@ impl BlockConsumer {
             stream_sequence,
             subject,
             headers: message.headers,
+            published,
             acker: BlockAcker { acker, stream_sequence },
         })
     }

@@ -1,64 +1,44 @@
-//! W3C trace context (`traceparent`) carried in NATS message headers, so
-//! that the scheduler's dispatch of a batch and the worker's outcome event
-//! share one trace id across processes and machines.
+//! W3C trace context (`traceparent`) in NATS message headers: the carrier side of
+//! `daisy_telemetry::propagation` (OpenTelemetry's `TraceContextPropagator` writes and
+//! reads the header format).
 //!
-//! The scheduler starts a trace per dispatched batch; JetStream stores the
-//! header with the message, so every redelivery carries it too; the worker
-//! records its outcome event with a child span of the same trace. Exporting
-//! spans (OTLP to Jaeger) builds on these ids.
-
-use std::hash::{BuildHasher, RandomState};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+//! The scheduler sends each batch with its batch span's context; JetStream stores the
+//! header with the message, so every redelivery carries it too, and the worker links its
+//! block spans to it.
 
 use async_nats::HeaderMap;
-use daisy_proto::subjects::TRACEPARENT_HEADER;
+use daisy_telemetry::propagation::{Extractor, Injector};
 
-/// 64 bits that differ per call and per process (std's randomly keyed
-/// hasher over a counter; no cryptographic strength needed).
-fn random_u64() -> u64 {
-    static STATE: OnceLock<RandomState> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let state = STATE.get_or_init(RandomState::new);
-    let value = state.hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
-    if value == 0 { 1 } else { value } // all-zero ids are invalid in W3C
+/// Headers carrying the current span's context, or `None` when spans are not exported.
+pub fn current_headers() -> Option<HeaderMap> {
+    let mut carrier = Carrier(HeaderMap::new());
+    daisy_telemetry::propagation::inject_current(&mut carrier);
+    let headers = carrier.0;
+    (!headers.is_empty()).then_some(headers)
 }
 
-/// A new trace: `00-<trace id>-<span id>-01` (sampled).
-pub fn new_traceparent() -> String {
-    format!("00-{:016x}{:016x}-{:016x}-01", random_u64(), random_u64(), random_u64())
+/// The span context a message's headers carry, if they carry a valid one.
+pub fn context_of(headers: Option<&HeaderMap>) -> Option<daisy_telemetry::blocks::SpanContext> {
+    daisy_telemetry::propagation::extract(&Carrier(headers?.clone()))
 }
 
-/// A new span of the same trace as `parent`, or a new trace if `parent` is
-/// not a valid `traceparent`.
-pub fn child_traceparent(parent: &str) -> String {
-    match trace_id(parent) {
-        Some(trace) => format!("00-{trace}-{:016x}-01", random_u64()),
-        None => new_traceparent(),
+/// NATS headers as an OpenTelemetry carrier.
+struct Carrier(HeaderMap);
+
+impl Injector for Carrier {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
     }
 }
 
-/// The trace id of a valid `traceparent` value.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (parts.next().is_none() && hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2))
-        .then_some(trace)
-}
+impl Extractor for Carrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|value| value.as_str())
+    }
 
-/// Headers carrying `traceparent`.
-pub fn traceparent_headers(traceparent: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(TRACEPARENT_HEADER, traceparent);
-    headers
-}
-
-/// The `traceparent` of a message, if it has a valid one.
-pub fn traceparent_of(headers: Option<&HeaderMap>) -> Option<String> {
-    let value = headers?.get(TRACEPARENT_HEADER)?.as_str().to_owned();
-    trace_id(&value).is_some().then_some(value)
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
 }
 
 #[cfg(test)]
@@ -66,17 +46,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn traceparents_are_w3c_and_children_keep_the_trace() {
-        let parent = new_traceparent();
-        assert_eq!(parent.len(), 55, "{parent}");
-        let trace = trace_id(&parent).expect("valid").to_owned();
-        let child = child_traceparent(&parent);
-        assert_eq!(trace_id(&child), Some(trace.as_str()));
-        assert_ne!(child, parent, "a new span id");
-        assert_ne!(trace_id(&new_traceparent()), Some(trace.as_str()), "a new trace id");
-        assert_eq!(trace_id("garbage"), None);
-        let headers = traceparent_headers(&parent);
-        assert_eq!(traceparent_of(Some(&headers)), Some(parent));
-        assert_eq!(traceparent_of(None), None);
+    fn a_traceparent_header_is_read_and_a_bad_one_is_not() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            daisy_proto::subjects::TRACEPARENT_HEADER,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        let cx = context_of(Some(&headers)).expect("valid");
+        assert_eq!(cx.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        let mut bad = HeaderMap::new();
+        bad.insert(daisy_proto::subjects::TRACEPARENT_HEADER, "00-garbage");
+        assert!(context_of(Some(&bad)).is_none());
+        assert!(context_of(None).is_none());
+        assert!(current_headers().is_none(), "nothing is injected without export");
     }
 }

@@ -236,3 +236,4 @@ where
         tokio::time::sleep(interval.min(deadline - now)).await;
     }
 }
+pub mod otlp;

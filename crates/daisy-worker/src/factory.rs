@@ -180,11 +180,12 @@ impl TaskProcesses {
                 Processor::Command(CommandProcess::new(command_line.clone(), slot_config.clone()))
             }
         };
+        let logs = [slot_config.out_log_path(), slot_config.err_log_path()];
         let check = self
             .check
             .as_ref()
             .map(|command_line| CheckProcess::new(command_line.clone(), slot_config));
-        CommandProcessor::new(processor, check)
+        CommandProcessor::new(processor, check).with_logs(logs)
     }
 }
 

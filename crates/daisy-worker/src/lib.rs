@@ -27,3 +27,4 @@ pub mod nats;
 pub mod process;
 pub mod runner;
 pub mod running;
+pub mod traces;

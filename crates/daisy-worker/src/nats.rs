@@ -52,6 +52,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::runner::{HEARTBEAT_INTERVAL, WorkerSlot, WorkerTransport, WorkerTransportError};
 use crate::running::{RunningBlocks, RunningSlot};
+use crate::traces::BatchTrace;
+use daisy_proto::subjects::TRACEPARENT_HEADER;
 
 /// Builds the processor of one slot (the one factory type of both runtimes).
 pub use crate::factory::ProcessorFactory as NatsProcessorFactory;
@@ -446,8 +448,11 @@ impl SlotPermits {
 }
 
 struct CurrentBatch {
-    /// The dispatch's trace context; the outcome event continues the trace.
-    traceparent: Option<String>,
+    /// The dispatch's trace context (its `traceparent` header), sent again with the outcome
+    /// events so that they join the batch's trace.
+    trace_headers: Option<daisy_nats::HeaderMap>,
+    /// What the block spans of the batch need.
+    trace: BatchTrace,
     acker: BlockAcker,
     /// The dispatch message's sequence in the block stream.
     sequence: u64,
@@ -812,10 +817,23 @@ impl WorkerTransport for NatsWorkerTransport {
                         continue;
                     }
                     dispatch = rest;
-                    let traceparent = daisy_nats::trace::traceparent_of(message.headers.as_ref());
-                    debug!(task = %self.task_id, sequence, delivery = message.delivered, blocks = ?dispatch.blocks.iter().map(|b| b.index).collect::<Vec<_>>(), traceparent = traceparent.as_deref().unwrap_or("-"), "batch received");
+                    let link = daisy_nats::trace::context_of(message.headers.as_ref());
+                    debug!(task = %self.task_id, sequence, delivery = message.delivered, blocks = ?dispatch.blocks.iter().map(|b| b.index).collect::<Vec<_>>(), trace = ?link.as_ref().map(|cx| cx.trace_id()), "batch received");
+                    let trace_headers = link.as_ref().and_then(|_| {
+                        let value = message.headers.as_ref()?.get(TRACEPARENT_HEADER)?;
+                        let mut headers = daisy_nats::HeaderMap::new();
+                        headers.insert(TRACEPARENT_HEADER, value.as_str());
+                        Some(headers)
+                    });
                     self.current = Some(CurrentBatch {
-                        traceparent,
+                        trace_headers,
+                        trace: BatchTrace {
+                            run: self.run.to_string(),
+                            batch: sequence,
+                            delivery: message.delivered,
+                            published: message.published,
+                            link,
+                        },
                         acker: message.acker,
                         sequence,
                         delivery: message.delivered,
@@ -847,9 +865,7 @@ impl WorkerTransport for NatsWorkerTransport {
         }
         report.dispatch_sequence = current.sequence;
         report.delivery = current.delivery;
-        let headers = current.traceparent.as_deref().map(|parent| {
-            daisy_nats::trace::traceparent_headers(&daisy_nats::trace::child_traceparent(parent))
-        });
+        let headers = current.trace_headers.clone();
         // Room for the headers and the subject.
         let max_bytes = self.nats.max_payload().saturating_sub(4096).max(1024);
         let parts: Vec<Event> =
@@ -891,6 +907,10 @@ impl WorkerTransport for NatsWorkerTransport {
                 Err(err) => debug!(task = %self.task_id, error = %err, "heartbeat failed"),
             }
         }
+    }
+
+    fn batch_trace(&self) -> Option<BatchTrace> {
+        self.current.as_ref().map(|current| current.trace.clone())
     }
 
     fn still_held(&self) -> bool {

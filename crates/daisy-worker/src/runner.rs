@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::process::{BlockFailure, BlockLine, BlockRoi, CheckProcess, Processor};
 use crate::running::RunningSlot;
+use crate::traces::{BatchTrace, BlockTiming};
 
 /// One block as a processor sees it (shaped like Daisy's `Block`).
 #[derive(Debug, Clone)]
@@ -113,6 +114,16 @@ pub trait BlockProcessor: Send + 'static {
         false
     }
 
+    /// Whether [`BlockProcessor::check`] runs anything (a check span is recorded then).
+    fn has_check(&self) -> bool {
+        false
+    }
+
+    /// The log files a block's output goes to, named on its process span.
+    fn log_paths(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Stops any child process; called once when the slot ends.
     fn shutdown(&mut self) {}
 }
@@ -130,6 +141,12 @@ impl BlockProcessor for Box<dyn BlockProcessor> {
     fn enforces_timeout(&self) -> bool {
         (**self).enforces_timeout()
     }
+    fn has_check(&self) -> bool {
+        (**self).has_check()
+    }
+    fn log_paths(&self) -> Vec<String> {
+        (**self).log_paths()
+    }
     fn shutdown(&mut self) {
         (**self).shutdown();
     }
@@ -140,12 +157,20 @@ impl BlockProcessor for Box<dyn BlockProcessor> {
 pub struct CommandProcessor {
     processor: Processor,
     check: Option<CheckProcess>,
+    /// The slot's stdout and stderr logs, named on the block's process span.
+    logs: Option<[std::path::PathBuf; 2]>,
 }
 
 impl CommandProcessor {
     /// Wraps processes built from the pipeline file.
     pub fn new(processor: Processor, check: Option<CheckProcess>) -> Self {
-        Self { processor, check }
+        Self { processor, check, logs: None }
+    }
+
+    /// Names the slot's stdout and stderr logs (on the traces of its blocks).
+    pub fn with_logs(mut self, logs: [std::path::PathBuf; 2]) -> Self {
+        self.logs = Some(logs);
+        self
     }
 }
 
@@ -167,6 +192,14 @@ impl BlockProcessor for CommandProcessor {
 
     fn enforces_timeout(&self) -> bool {
         true
+    }
+
+    fn has_check(&self) -> bool {
+        self.check.is_some()
+    }
+
+    fn log_paths(&self) -> Vec<String> {
+        self.logs.iter().flatten().map(|path| path.display().to_string()).collect()
     }
 
     fn shutdown(&mut self) {
@@ -218,6 +251,12 @@ pub trait WorkerTransport: Send {
     /// worker. The slot then starts no further block of it.
     fn still_held(&self) -> bool {
         true
+    }
+
+    /// Where the current batch's block spans go (the run, the batch's stream sequence);
+    /// `None` records none.
+    fn batch_trace(&self) -> Option<BatchTrace> {
+        None
     }
 }
 
@@ -281,12 +320,23 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                 })
                 .collect();
             debug!(task = %task_id, blocks = blocks.len(), "batch received");
+            // Block spans: only when exported and the transport names the batch.
+            let trace =
+                daisy_telemetry::blocks::enabled().then(|| transport.batch_trace()).flatten();
+            let mut heartbeats = Vec::new();
             let mut running = processor.take().expect("the processor is back after every batch");
             let stop_flag = stop.clone();
             let slot = running_slot.clone();
+            let timed = trace.is_some();
+            let traced_blocks = timed.then(|| {
+                let level = |block: &WorkBlock| grid.level(&grid.grid_index(block.index));
+                blocks.iter().map(|block| (block.clone(), level(block))).collect::<Vec<_>>()
+            });
             let mut batch = tokio::task::spawn_blocking(move || {
-                let results = run_batch(&mut running, &blocks, &stop_flag, slot.as_ref());
-                (running, results)
+                let mut timings = timed.then(Vec::new);
+                let results =
+                    run_batch(&mut running, &blocks, &stop_flag, slot.as_ref(), timings.as_mut());
+                (running, (results, timings))
             });
             let mut heartbeat = tokio::time::interval(transport.heartbeat_interval());
             heartbeat.tick().await;
@@ -303,6 +353,9 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                     () = cancel.cancelled(), if !stop.load(Ordering::Relaxed) => stop.store(true, Ordering::Relaxed),
                     _ = heartbeat.tick() => {
                         transport.heartbeat().await;
+                        if trace.is_some() {
+                            heartbeats.push(std::time::SystemTime::now());
+                        }
                         if !transport.still_held() && !stop.load(Ordering::Relaxed) {
                             warn!(task = %task_id, "the batch may be another worker's now: starting no further block of it");
                             stop.store(true, Ordering::Relaxed);
@@ -310,7 +363,11 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                     }
                 }
             };
+            let (results, timings) = results;
             let restarts = returned.restarts();
+            let spans = trace.zip(timings).zip(traced_blocks).map(|((trace, timings), blocks)| {
+                (trace, timings, blocks, returned.has_check(), returned.log_paths())
+            });
             processor = Some(returned);
             // Blocks not started (the slot was stopped) go back to the scheduler.
             let returned = dispatch
@@ -329,7 +386,25 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                 ..OutcomeReport::default()
             };
             reported_restarts = restarts;
+            let results = spans.as_ref().map(|_| report.results.clone());
+            let recording = std::time::SystemTime::now();
             transport.report(report).await?;
+            if let (Some((trace, timings, blocks, has_check, logs)), Some(results)) =
+                (spans, results)
+            {
+                let recorded = (recording, std::time::SystemTime::now());
+                crate::traces::emit_batch(
+                    &trace,
+                    &worker_id,
+                    &blocks,
+                    &results,
+                    &timings,
+                    &heartbeats,
+                    recorded,
+                    has_check,
+                    &logs,
+                );
+            }
         }
         if let Some(mut processor) = processor {
             let _ = tokio::task::spawn_blocking(move || processor.shutdown()).await;
@@ -345,6 +420,7 @@ fn run_batch<P: BlockProcessor>(
     blocks: &[WorkBlock],
     stop: &AtomicBool,
     running: Option<&RunningSlot>,
+    mut timings: Option<&mut Vec<BlockTiming>>,
 ) -> Vec<BlockResult> {
     let mut results = Vec::with_capacity(blocks.len());
     for block in blocks {
@@ -355,7 +431,12 @@ fn run_batch<P: BlockProcessor>(
             running.started(block.index.0, block.attempt);
         }
         let started = Instant::now();
-        let outcome = run_block(processor, block);
+        let mut timing = timings.as_ref().map(|_| BlockTiming::start());
+        let outcome = run_block(processor, block, timing.as_mut());
+        if let (Some(timings), Some(mut timing)) = (timings.as_deref_mut(), timing) {
+            timing.end = std::time::SystemTime::now();
+            timings.push(timing);
+        }
         let seconds = started.elapsed().as_secs_f32();
         let (outcome, error) = match outcome {
             Ok(outcome) => (outcome, None),
@@ -378,8 +459,13 @@ fn run_batch<P: BlockProcessor>(
 fn run_block<P: BlockProcessor>(
     processor: &mut P,
     block: &WorkBlock,
+    timing: Option<&mut BlockTiming>,
 ) -> Result<OutcomeKind, ProcessError> {
-    match catch_unwind(AssertUnwindSafe(|| processor.check(block))) {
+    let checked = catch_unwind(AssertUnwindSafe(|| processor.check(block)));
+    if let Some(timing) = timing {
+        timing.checked = std::time::SystemTime::now();
+    }
+    match checked {
         Ok(Ok(true)) => return Ok(OutcomeKind::Skipped),
         Ok(Ok(false)) => {}
         Ok(Err(err)) => {

@@ -7,4 +7,5 @@ pub mod retry;
 pub mod run;
 pub mod runs;
 pub mod status;
+pub mod trace;
 pub mod worker;

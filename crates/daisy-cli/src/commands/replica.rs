@@ -72,16 +72,24 @@ struct SchedulerCli {
     /// straggler: logged once, counted, listed by `daisy status`. 0 or "off" disables it.
     #[arg(long, value_name = "K", default_value = "5", value_parser = super::run::parse_straggler_factor)]
     straggler_factor: super::run::StragglerFactor,
+    #[command(flatten)]
+    telemetry: crate::telemetry::TelemetryArgs,
 }
 
 /// The `daisy-scheduler` binary.
 pub fn scheduler_main() -> ExitCode {
     let cli = SchedulerCli::parse();
-    let logs = crate::telemetry::init(cli.verbose.max(1));
-    crate::exit_code(run(cli, logs))
+    let telemetry = match cli.telemetry.init("daisy-scheduler", cli.verbose.max(1)) {
+        Ok(telemetry) => telemetry,
+        Err(err) => return crate::exit_code(Err(err.into())),
+    };
+    let result = run(cli, telemetry.logs());
+    // Flushes the spans still queued before the process ends.
+    drop(telemetry);
+    crate::exit_code(result)
 }
 
-fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<ExitCode> {
+fn run(cli: SchedulerCli, logs: daisy_telemetry::LogOutput) -> anyhow::Result<ExitCode> {
     let pipeline = load_pipeline(&cli.file)?;
     let spec_toml = std::fs::read_to_string(&cli.file)
         .map_err(|err| BadInput(format!("cannot read {}: {err}", cli.file.display())))?;

@@ -42,7 +42,7 @@ use crate::input::{BadInput, load_pipeline};
 use crate::nats_args::{Unreachable, connect_error, error_chain};
 use crate::operator::{DEFAULT_STATE_DIR, RUN_LOCK_FILE};
 use crate::summary::{RunPlaces, write_json, write_text};
-use crate::telemetry::LogOutput;
+use daisy_telemetry::LogOutput;
 
 const AFTER_HELP: &str = concat!(
     "\

@@ -72,13 +72,21 @@ struct WorkerCli {
     /// More log lines on stderr: -v info, -vv debug.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    telemetry: crate::telemetry::TelemetryArgs,
 }
 
 /// The `daisy-worker` binary.
 pub fn worker_main() -> ExitCode {
     let cli = WorkerCli::parse();
-    let _logs = crate::telemetry::init(cli.verbose.max(1));
-    crate::exit_code(run(cli))
+    let telemetry = match cli.telemetry.init("daisy-worker", cli.verbose.max(1)) {
+        Ok(telemetry) => telemetry,
+        Err(err) => return crate::exit_code(Err(err.into())),
+    };
+    let result = run(cli);
+    // Flushes the spans still queued before the process ends.
+    drop(telemetry);
+    crate::exit_code(result)
 }
 
 fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
@@ -176,6 +184,7 @@ async fn stop_on_signal(cancel: CancellationToken) {
     }
     // The block processes run in their own process groups: the signal did not reach them.
     daisy_worker::process::kill_all_children();
+    daisy_telemetry::flush_before_exit();
     eprintln!(
         "daisy-worker: interrupted again: quitting now; its blocks in flight are redelivered \
          to other workers"

@@ -41,6 +41,7 @@ mod election;
 mod recovery;
 mod running;
 mod status;
+mod traces;
 mod transport;
 
 use std::sync::Arc;
@@ -239,6 +240,12 @@ pub async fn run_replica(
         dispatches: 0,
         start_recorded: true,
         running,
+        traces: traces::BlockTraces::new(
+            run.clone(),
+            options.pipeline.clone(),
+            epoch,
+            options.holder.id.to_string(),
+        ),
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),

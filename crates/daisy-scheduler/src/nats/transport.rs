@@ -20,9 +20,10 @@ use daisy_proto::{Dispatch, EpochFence, Event, RunId};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::election::LeaseGuard;
+use super::traces::BlockTraces;
 use crate::transport::{BatchId, Input, SchedulerTransport, TransportError};
 
 /// Batches whose outcomes are applied, waiting to be deleted; a full queue skips a delete
@@ -65,6 +66,8 @@ pub(super) struct NatsSchedulerTransport {
     pub start_recorded: bool,
     /// What workers report running now.
     pub running: super::running::RunningWorkers,
+    /// This leader's spans of each block's trace, when spans are exported.
+    pub traces: Option<BlockTraces>,
 }
 
 impl NatsSchedulerTransport {
@@ -239,11 +242,23 @@ impl SchedulerTransport for NatsSchedulerTransport {
         let task_id = self.pipeline.task(task).spec.id.clone();
         self.dispatches += 1;
         let msg_id = MsgId::dispatch_numbered(&self.run, &task_id, dispatch.epoch, self.dispatches);
-        // One trace per dispatched batch; the worker's outcome event joins it.
-        let traceparent = daisy_nats::trace::new_traceparent();
-        debug!(task = %task_id, blocks = dispatch.blocks.len(), %traceparent, "dispatching batch");
-        let headers = daisy_nats::trace::traceparent_headers(&traceparent);
-        let published = self.publish_dispatch(&task_id, &dispatch, &msg_id, Some(headers)).await?;
+        // The batch's own span rides in its `traceparent`; each block's spans are in the
+        // block's trace and link to it.
+        // Not even built when nothing is exported: a span per batch costs the hot path.
+        let span = if self.traces.is_some() {
+            info_span!("dispatch batch", daisy.run = %self.run, daisy.task = %task_id, daisy.blocks = dispatch.blocks.len(), daisy.epoch = dispatch.epoch)
+        } else {
+            tracing::Span::none()
+        };
+        let (headers, link) = span.in_scope(|| {
+            (daisy_nats::trace::current_headers(), daisy_telemetry::blocks::current_span_context())
+        });
+        debug!(task = %task_id, blocks = dispatch.blocks.len(), "dispatching batch");
+        let published =
+            self.publish_dispatch(&task_id, &dispatch, &msg_id, headers).instrument(span).await?;
+        if let Some(traces) = &mut self.traces {
+            traces.dispatched(task, &dispatch, published.stream_sequence, link);
+        }
         self.last_block_sequence = self.last_block_sequence.max(published.stream_sequence);
         debug!(task = %task_id, batch = published.stream_sequence, blocks = ?dispatch.blocks.iter().map(|b| b.index).collect::<Vec<_>>(), "batch dispatched");
         Ok(BatchId(published.stream_sequence))
@@ -281,7 +296,12 @@ impl SchedulerTransport for NatsSchedulerTransport {
                 return Err(self.lease_error("following the event stream"));
             }
             match event {
-                Event::Outcomes(report) => return Ok(Input::Outcomes(report)),
+                Event::Outcomes(report) => {
+                    if let Some(traces) = &mut self.traces {
+                        traces.outcomes(&report);
+                    }
+                    return Ok(Input::Outcomes(report));
+                }
                 Event::CancelRequested { unix_ms } => {
                     info!(sequence, unix_ms, "cancel requested");
                     self.cancel_requested.cancel();
@@ -313,6 +333,9 @@ impl SchedulerTransport for NatsSchedulerTransport {
     }
 
     async fn remove_batch(&mut self, _task: TaskIndex, batch: BatchId) {
+        if let Some(traces) = &mut self.traces {
+            traces.batch_done(batch.0);
+        }
         if self.removals.try_send(batch.0).is_err() {
             debug!(batch = %batch, "batch removal skipped: the removal queue is full");
         }
