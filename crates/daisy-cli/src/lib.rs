@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod commands;
 mod foreground;
 mod input;
+mod metrics_args;
 mod nats_args;
 mod operator;
 mod progress;

@@ -2,6 +2,7 @@
 
 mod conflict_faults;
 mod faults;
+mod metrics;
 mod ops;
 mod plan;
 mod run;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::BatchSizer;
+use crate::metrics::{OutcomeCounts, SchedulerMetrics};
 use crate::replay::replay;
 use crate::report::{FirstError, RunReport, RunSnapshot, TaskReport};
 use crate::transport::{
@@ -108,6 +109,7 @@ pub struct RunScheduler<T: SchedulerTransport> {
     batches: HashMap<BatchId, InFlightBatch>,
     /// Blocks handed back from a batch whose deliveries ran out: each is dispatched alone.
     suspects: HashSet<BlockKey>,
+    metrics: SchedulerMetrics,
 }
 
 impl<T: SchedulerTransport> RunScheduler<T> {
@@ -142,6 +144,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             })
             .collect();
         let (snapshot, _) = watch::channel(RunSnapshot::default());
+        let metrics = SchedulerMetrics::new(&pipeline);
         let mut actor = Self {
             pipeline,
             core,
@@ -154,6 +157,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             epoch: 0,
             batches: HashMap::new(),
             suspects: HashSet::new(),
+            metrics,
         };
         for QueuedBatch { batch, dispatch } in found.in_flight {
             let Some(task) = actor.pipeline.task_index(&dispatch.task) else { continue };
@@ -172,6 +176,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 actor.track(batch, task, blocks);
             }
         }
+        actor.metrics.start_from(&actor.core);
         actor
     }
 
@@ -395,6 +400,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                     blocks: blocks.clone(),
                 };
                 let batch = self.transport.dispatch(task, dispatch).await?;
+                self.metrics.dispatched(task, blocks.len());
                 self.track(batch, task, blocks);
             }
         }
@@ -427,6 +433,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         self.tasks[task.get()].report.worker_restarts += u64::from(report.worker_restarts);
         let pipeline = self.pipeline.clone();
         let grid = &pipeline.task(task).grid;
+        let mut outcomes = OutcomeCounts::default();
         for result in &report.results {
             if result.index >= grid.num_blocks() {
                 warn!(task = %report.task, index = result.index, "result for a block outside the grid dropped");
@@ -445,6 +452,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 self.core.release_attempt(key, result.attempt, outcome)
             };
             if released.is_ok() {
+                outcomes.add(result.outcome);
                 self.note_outcome(task, &report, key, result);
             }
             match released {
@@ -480,6 +488,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             self.untrack(batch_id);
             self.transport.remove_batch(task, batch_id).await;
         }
+        self.metrics.applied(task, &report, &outcomes);
         self.check_restart_budget(task).await
     }
 
@@ -596,6 +605,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             })
             .collect();
         self.snapshot.send_replace(RunSnapshot { tasks, finished, interrupted });
+        self.metrics.publish(&self.core, self.stale_results);
     }
 }
 

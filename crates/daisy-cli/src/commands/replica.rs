@@ -17,6 +17,7 @@ use daisy_scheduler::ReplayMode;
 use crate::commands::run::nats_run_error;
 use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
+use crate::metrics_args::MetricsArgs;
 use crate::nats_args::NatsArgs;
 use crate::summary::{RunPlaces, write_json, write_text};
 
@@ -62,6 +63,8 @@ struct SchedulerCli {
     /// More log lines on stderr: -v info, -vv debug.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// The `daisy-scheduler` binary.
@@ -83,6 +86,7 @@ fn run(cli: SchedulerCli, logs: crate::telemetry::LogOutput) -> anyhow::Result<E
         }
     };
     let url = cli.nats.resolve_url(&cli.state_dir)?;
+    cli.metrics.serve()?;
     let options = NatsRunOptions {
         spec_toml: Some(spec_toml),
         lease_ttl: cli.lease_ttl.into(),

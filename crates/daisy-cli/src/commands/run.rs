@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
+use crate::metrics_args::MetricsArgs;
 use crate::summary::{RunPlaces, write_json, write_text};
 use crate::telemetry::LogOutput;
 
@@ -113,6 +114,8 @@ pub struct RunArgs {
     /// Print the final report as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// A run ready to start, in either mode (one value per run: its size does
@@ -319,6 +322,7 @@ fn context(args: &RunArgs) -> anyhow::Result<RunContext> {
 /// Runs `daisy run`.
 pub fn run(args: RunArgs, logs: LogOutput) -> anyhow::Result<ExitCode> {
     let context = context(&args)?;
+    args.metrics.serve()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

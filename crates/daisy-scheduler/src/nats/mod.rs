@@ -39,6 +39,7 @@ mod dead_letters;
 mod election;
 mod recovery;
 mod status;
+mod stream_metrics;
 mod transport;
 
 use std::sync::Arc;
@@ -54,6 +55,7 @@ use tracing::{debug, info, warn};
 use crate::{ReplayMode, ReplayedOutcomes, RunReport, RunScheduler, RunSnapshot, SchedulerConfig};
 use election::{keep_lease, stand_by};
 use recovery::recover;
+use stream_metrics::{Leading, TailPosition, watch_event_stream};
 use status::{claim_status, publish_spec, status_of, write_final_status, write_status};
 use transport::{NatsSchedulerTransport, REMOVALS_CAPACITY, remove_applied_batches};
 
@@ -177,6 +179,7 @@ pub async fn run_replica(
     };
     let epoch = guard.epoch();
     info!(run = %run, epoch, holder = %options.holder.id, "leading the run");
+    let _leading = Leading::start(epoch);
     let lost = || ReplicaError::LeaseLost { run: run.clone(), epoch };
     let stop = CancellationToken::new();
     // Helpers stop with the replica, also when its future is dropped.
@@ -217,6 +220,8 @@ pub async fn run_replica(
     for event in &recovered.events {
         fence.is_stale(event);
     }
+    let tail = TailPosition::default();
+    tail.read_through(recovered.replay.caught_up_at());
     let transport = NatsSchedulerTransport {
         nats: nats.clone(),
         run: run.clone(),
@@ -233,6 +238,7 @@ pub async fn run_replica(
         removals,
         dispatches: 0,
         start_recorded: true,
+        tail: tail.clone(),
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),
@@ -263,6 +269,7 @@ pub async fn run_replica(
         guard.clone(),
         stop.clone(),
     ));
+    helpers.spawn(watch_event_stream(streams.clone(), tail, stop.clone()));
     helpers.spawn(remove_applied_batches(
         streams.clone(),
         removal_queue,
