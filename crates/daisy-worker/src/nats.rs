@@ -727,7 +727,8 @@ impl WorkerTransport for NatsWorkerTransport {
                 Ok(dispatch) if dispatch.task != self.task_id.as_str() => {
                     // Only a forged message can name another task on this task's subject.
                     warn!(task = %self.task_id, named = %dispatch.task, sequence = message.stream_sequence, "dispatch naming another task terminated");
-                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block").increment(1);
+                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block")
+                        .increment(1);
                     let _ = message.acker.term().await;
                     let _ = self.streams.delete_block_message(message.stream_sequence).await;
                 }
@@ -772,7 +773,8 @@ impl WorkerTransport for NatsWorkerTransport {
                 }
                 Err(err) => {
                     warn!(task = %self.task_id, sequence = message.stream_sequence, error = %err, "undecodable block message terminated");
-                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block").increment(1);
+                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block")
+                        .increment(1);
                     let _ = message.acker.term().await;
                     let _ = self.streams.delete_block_message(message.stream_sequence).await;
                 }

@@ -55,8 +55,8 @@ use tracing::{debug, info, warn};
 use crate::{ReplayMode, ReplayedOutcomes, RunReport, RunScheduler, RunSnapshot, SchedulerConfig};
 use election::{keep_lease, stand_by};
 use recovery::recover;
-use stream_metrics::{Leading, TailPosition, watch_event_stream};
 use status::{claim_status, publish_spec, status_of, write_final_status, write_status};
+use stream_metrics::{Leading, TailPosition, watch_event_stream};
 use transport::{NatsSchedulerTransport, REMOVALS_CAPACITY, remove_applied_batches};
 
 /// How one scheduler replica runs.

@@ -173,7 +173,8 @@ async fn queued_batches(
             Ok(dispatch) => batches.push(QueuedBatch { batch: BatchId(sequence), dispatch }),
             Err(err) => {
                 warn!(sequence, error = %err, "undecodable block message removed");
-                metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block").increment(1);
+                metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block")
+                    .increment(1);
                 let _ = streams.delete_block_message(sequence).await;
             }
         }
@@ -207,7 +208,8 @@ async fn replay_events(
             Ok(event) => events.push(event),
             Err(err) => {
                 warn!(sequence, error = %err, "undecodable event ignored");
-                metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "event").increment(1);
+                metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "event")
+                    .increment(1);
             }
         }
         if sequence >= caught_up_at {

@@ -270,7 +270,8 @@ impl SchedulerTransport for NatsSchedulerTransport {
                 Ok(event) => event,
                 Err(err) => {
                     self.undecodable_events += 1;
-                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "event").increment(1);
+                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "event")
+                        .increment(1);
                     warn!(sequence, error = %err, undecodable_events = self.undecodable_events, "undecodable event ignored");
                     continue;
                 }
