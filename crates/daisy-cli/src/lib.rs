@@ -30,6 +30,7 @@ macro_rules! exit_codes_help {
 mod commands;
 mod foreground;
 mod input;
+mod metrics_args;
 mod nats_args;
 mod operator;
 mod progress;

@@ -5,6 +5,7 @@ mod docs;
 mod faults;
 mod local;
 mod logs;
+mod metrics;
 mod ops;
 mod plan;
 mod run;

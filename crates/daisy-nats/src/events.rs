@@ -135,6 +135,17 @@ pub struct RecordedOutcomesError {
     pub source: async_nats::jetstream::stream::RawMessageError,
 }
 
+/// How large a run's event stream is ([`RunStreams::event_stream_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventStreamSize {
+    /// Events stored.
+    pub messages: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// The sequence of the last event recorded so far (0 for none).
+    pub last_sequence: u64,
+}
+
 impl RunStreams {
     /// The sequence of the last event recorded so far (0 for none).
     ///
@@ -147,6 +158,24 @@ impl RunStreams {
             source,
         })?;
         Ok(info.state.last_sequence)
+    }
+
+    /// How large the event stream is: its events, bytes and last sequence, from one stream
+    /// info request (read by the leader's metrics once a second, never per block).
+    ///
+    /// # Errors
+    /// [`ReplayError::Info`] if the stream state cannot be read.
+    #[instrument(level = "debug", skip_all, fields(run = %self.run), err(level = "debug"))]
+    pub async fn event_stream_size(&self) -> Result<EventStreamSize, ReplayError> {
+        let info = self.events.get_info().await.map_err(|source| ReplayError::Info {
+            stream: daisy_proto::subjects::event_stream(&self.run),
+            source,
+        })?;
+        Ok(EventStreamSize {
+            messages: info.state.messages,
+            bytes: info.state.bytes,
+            last_sequence: info.state.last_sequence,
+        })
     }
 
     /// What the record holds for the dispatch message at `dispatch_sequence` of `task`:

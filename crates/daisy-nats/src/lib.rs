@@ -75,7 +75,9 @@ pub use blocks::{
 };
 pub use connect::{ConnectError, ConnectOptions, FlushError, Nats, connect};
 pub use dlq::{DeadLetter, DeadLetters};
-pub use events::{BatchRecord, EventReplay, RecordedOutcomesError, ReplayError, ReplayedEvent};
+pub use events::{
+    BatchRecord, EventReplay, EventStreamSize, RecordedOutcomesError, ReplayError, ReplayedEvent,
+};
 pub use identity::process_identity;
 pub use lease::{
     AcquireError, HolderError, Lease, LeaseHolder, LeaseLost, LeaseRecord, ReleaseError,

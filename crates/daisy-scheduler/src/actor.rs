@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::batch::BatchSizer;
+use crate::metrics::{OutcomeCounts, SchedulerMetrics};
 use crate::replay::replay;
 use crate::report::{FirstError, RunReport, RunSnapshot, TaskReport};
 use crate::straggler::{BlockTimes, StragglerRule};
@@ -121,6 +122,7 @@ pub struct RunScheduler<T: SchedulerTransport> {
     /// Attempts already reported as stragglers (each is logged and counted once); an entry
     /// goes when its attempt is no longer in flight.
     stragglers: HashSet<(BlockKey, u32)>,
+    metrics: SchedulerMetrics,
 }
 
 impl<T: SchedulerTransport> RunScheduler<T> {
@@ -157,6 +159,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             })
             .collect();
         let (snapshot, _) = watch::channel(RunSnapshot::default());
+        let metrics = SchedulerMetrics::new(&pipeline);
         let mut actor = Self {
             pipeline,
             core,
@@ -171,6 +174,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             suspects: HashSet::new(),
             run_id: String::new(),
             stragglers: HashSet::new(),
+            metrics,
         };
         for QueuedBatch { batch, dispatch } in found.in_flight {
             let Some(task) = actor.pipeline.task_index(&dispatch.task) else { continue };
@@ -192,6 +196,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         // Counters from the first moment: a status written before the first tick must not
         // show an empty run (right after a failover it shows the replayed counters).
         actor.publish(false, false);
+        actor.metrics.start_from(&actor.core);
         actor
     }
 
@@ -422,6 +427,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                     blocks: blocks.clone(),
                 };
                 let batch = self.transport.dispatch(task, dispatch).await?;
+                self.metrics.dispatched(task, blocks.len());
                 self.track(batch, task, blocks);
             }
         }
@@ -454,6 +460,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         self.tasks[task.get()].report.worker_restarts += u64::from(report.worker_restarts);
         let pipeline = self.pipeline.clone();
         let grid = &pipeline.task(task).grid;
+        let mut outcomes = OutcomeCounts::default();
         for result in &report.results {
             if result.index >= grid.num_blocks() {
                 warn!(task = %report.task, index = result.index, "result for a block outside the grid dropped");
@@ -472,6 +479,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 self.core.release_attempt(key, result.attempt, outcome)
             };
             if released.is_ok() {
+                outcomes.add(result.outcome);
                 self.note_outcome(task, &report, key, result);
             }
             match released {
@@ -507,6 +515,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
             self.untrack(batch_id);
             self.transport.remove_batch(task, batch_id).await;
         }
+        self.metrics.applied(task, &report, &outcomes);
         self.check_restart_budget(task).await
     }
 
@@ -616,19 +625,26 @@ impl<T: SchedulerTransport> RunScheduler<T> {
 
     fn publish(&mut self, finished: bool, interrupted: bool) {
         let running = self.running_now();
+        // Indexed by task: what the bars, the status and the metrics all show.
+        let counters: Vec<daisy_core::TaskCounters> = (0..self.pipeline.len())
+            .map(|position| {
+                let task = TaskIndex(position as u32);
+                self.core.counters(task).mark_running(running[position].count)
+            })
+            .collect();
         let tasks = self
             .pipeline
             .topological_order()
             .iter()
             .map(|&task| {
                 let mut report = self.tasks[task.get()].report.clone();
-                let running = &running[task.get()];
-                report.counters = self.core.counters(task).mark_running(running.count);
-                report.stragglers.clone_from(&running.stragglers);
+                report.counters = counters[task.get()];
+                report.stragglers.clone_from(&running[task.get()].stragglers);
                 report
             })
             .collect();
         self.snapshot.send_replace(RunSnapshot { tasks, finished, interrupted });
+        self.metrics.publish(&counters, self.stale_results);
     }
 }
 

@@ -36,6 +36,7 @@ mod actor;
 mod actor_tests;
 mod batch;
 mod clock;
+mod metrics;
 pub mod nats;
 mod replay;
 mod report;

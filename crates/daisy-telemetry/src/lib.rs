@@ -13,11 +13,13 @@
 //!   worker's queue wait, check and process), built with the derived ids, sampled the same
 //!   way by every party.
 //! - [`propagation`]: the W3C `traceparent` of a batch, carried in NATS headers.
+//! - [`metrics`]: the Prometheus metric names and their exporter (`--metrics-addr`).
 //! - `init` / [`logs`]: the subscriber, the log output and the OTLP exporter.
 
 pub mod blocks;
 mod init;
 pub mod logs;
+pub mod metrics;
 pub mod propagation;
 pub mod trace_id;
 

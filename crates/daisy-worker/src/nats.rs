@@ -45,6 +45,7 @@ use daisy_core::{TaskIndex, parse_pipeline};
 use daisy_nats::{BlockAcker, BlockConsumer, ConsumerSettings, Nats, RunStreams, WorkerInfo};
 use daisy_proto::subjects::{EventScope, MsgId};
 use daisy_proto::{Dispatch, Event, OutcomeReport, RunId, RunningReport, WorkerId};
+use daisy_telemetry::metrics::{labels, names};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -788,6 +789,8 @@ impl WorkerTransport for NatsWorkerTransport {
                 Ok(dispatch) if dispatch.task != self.task_id.as_str() => {
                     // Only a forged message can name another task on this task's subject.
                     warn!(task = %self.task_id, named = %dispatch.task, sequence = message.stream_sequence, "dispatch naming another task terminated");
+                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block")
+                        .increment(1);
                     let _ = message.acker.term().await;
                     let _ = self.streams.delete_block_message(message.stream_sequence).await;
                 }
@@ -845,6 +848,8 @@ impl WorkerTransport for NatsWorkerTransport {
                 }
                 Err(err) => {
                     warn!(task = %self.task_id, sequence = message.stream_sequence, error = %err, "undecodable block message terminated");
+                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block")
+                        .increment(1);
                     let _ = message.acker.term().await;
                     let _ = self.streams.delete_block_message(message.stream_sequence).await;
                 }
@@ -895,7 +900,11 @@ impl WorkerTransport for NatsWorkerTransport {
         let now = tokio::time::Instant::now();
         let held_from = self.held_from(now);
         if let Some(current) = &mut self.current {
-            match current.acker.progress().await {
+            let sent = current.acker.progress().await;
+            if sent.is_ok() {
+                metrics::counter!(names::HEARTBEATS_TOTAL, labels::TASK => self.task_id.to_string()).increment(1);
+            }
+            match sent {
                 // Confirmed by the server: the delivery is ours for another AckWait.
                 // A hold that lapsed is never revived: the server may have handed the
                 // batch to another worker, and a confirmed heartbeat does not say whose

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use daisy_core::{BlockId, BlockIndex, Pipeline, Roi, TaskIndex};
 use daisy_proto::{BlockResult, Dispatch, FailureKind, OutcomeKind, OutcomeReport, WorkerId};
+use daisy_telemetry::metrics::{labels, names};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -290,6 +291,11 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
         let mut processor = Some(processor);
         let mut reported_restarts = 0u64;
         let running_slot = transport.running_slot();
+        // Resolved once: a no-op block must not pay a label lookup.
+        let durations =
+            metrics::histogram!(names::BLOCK_DURATION_SECONDS, labels::TASK => task_id.to_string());
+        let restarts_counter =
+            metrics::counter!(names::PROCESS_RESTARTS_TOTAL, labels::TASK => task_id.to_string());
         loop {
             let dispatch = tokio::select! {
                 biased;
@@ -369,6 +375,8 @@ impl<P: BlockProcessor, T: WorkerTransport> WorkerSlot<P, T> {
                 (trace, timings, blocks, returned.has_check(), returned.log_paths())
             });
             processor = Some(returned);
+            results.iter().for_each(|result| durations.record(f64::from(result.seconds)));
+            restarts_counter.increment(restarts - reported_restarts);
             // Blocks not started (the slot was stopped) go back to the scheduler.
             let returned = dispatch
                 .blocks

@@ -4,7 +4,9 @@
 //! 8.9 k blocks/s over raw TCP). Median of several runs, each on a fresh
 //! server and store.
 //!
-//! `cargo bench -p daisy --bench nats` (`DAISY_BENCH_RUNS`, default 5).
+//! `cargo bench -p daisy --bench nats` (`DAISY_BENCH_RUNS`, default 5). With
+//! `DAISY_BENCH_METRICS_ADDR=127.0.0.1:9464` the Prometheus exporter is installed first, as
+//! `--metrics-addr` does, so every call site records into it: the cost of metrics.
 
 use std::time::Instant;
 
@@ -15,6 +17,11 @@ fn main() {
     let runs: usize =
         std::env::var("DAISY_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let blocks = 100_000;
+    let metrics = std::env::var("DAISY_BENCH_METRICS_ADDR").ok();
+    if let Some(addr) = &metrics {
+        let addr = addr.parse().expect("DAISY_BENCH_METRICS_ADDR is host:port");
+        daisy_telemetry::metrics::install_prometheus(addr).expect("the metrics port is free");
+    }
     let mut rates = Vec::new();
     for run in 0..runs {
         let store = tempfile::tempdir().expect("a temp dir");
@@ -42,7 +49,8 @@ fn main() {
     }
     rates.sort_by(f64::total_cmp);
     println!(
-        "NATS JetStream, no-op closures, {blocks} blocks, 2 worker slots: median {:.0} blocks/s over {runs} runs (min {:.0}, max {:.0}); Daisy 2.0 here: 8.9 k blocks/s; target >= 90 k blocks/s",
+        "NATS JetStream, no-op closures, {blocks} blocks, 2 worker slots, metrics {}: median {:.0} blocks/s over {runs} runs (min {:.0}, max {:.0}); Daisy 2.0 here: 8.9 k blocks/s; target >= 90 k blocks/s",
+        metrics.as_deref().unwrap_or("off"),
         rates[rates.len() / 2],
         rates[0],
         rates[rates.len() - 1]

@@ -17,6 +17,7 @@ use daisy_scheduler::{ReplayMode, SchedulerConfig};
 use crate::commands::run::nats_run_error;
 use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
+use crate::metrics_args::MetricsArgs;
 use crate::nats_args::NatsArgs;
 use crate::summary::{RunPlaces, write_json, write_text};
 
@@ -74,6 +75,8 @@ struct SchedulerCli {
     straggler_factor: super::run::StragglerFactor,
     #[command(flatten)]
     telemetry: crate::telemetry::TelemetryArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// The `daisy-scheduler` binary.
@@ -101,6 +104,7 @@ fn run(cli: SchedulerCli, logs: daisy_telemetry::LogOutput) -> anyhow::Result<Ex
         }
     };
     let url = cli.nats.resolve_url(&cli.state_dir, "daisy-scheduler")?;
+    cli.metrics.serve()?;
     let options = NatsRunOptions {
         spec_toml: Some(spec_toml),
         lease_ttl: cli.lease_ttl.into(),

@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::foreground::run_in_foreground;
 use crate::input::{BadInput, load_pipeline};
+use crate::metrics_args::MetricsArgs;
 use crate::nats_args::{Unreachable, connect_error, error_chain};
 use crate::operator::{DEFAULT_STATE_DIR, RUN_LOCK_FILE};
 use crate::summary::{RunPlaces, write_json, write_text};
@@ -141,6 +142,8 @@ pub struct RunArgs {
     /// straggler: logged once, counted, listed by `daisy status`. 0 or "off" disables it.
     #[arg(long, value_name = "K", default_value = "5", value_parser = parse_straggler_factor)]
     straggler_factor: StragglerFactor,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// `--straggler-factor`: `None` when off.
@@ -540,6 +543,7 @@ pub fn run(args: RunArgs, logs: LogOutput) -> anyhow::Result<ExitCode> {
     let context = context(&args)?;
     // Held until the summary is written: released by the OS if this process dies.
     let _run_lock = lock_run_dir(&context, &args)?;
+    args.metrics.serve()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::input::BadInput;
+use crate::metrics_args::MetricsArgs;
 use crate::nats_args::NatsArgs;
 
 const AFTER_HELP: &str = concat!(
@@ -74,6 +75,8 @@ struct WorkerCli {
     verbose: u8,
     #[command(flatten)]
     telemetry: crate::telemetry::TelemetryArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// The `daisy-worker` binary.
@@ -101,6 +104,7 @@ fn run(cli: WorkerCli) -> anyhow::Result<ExitCode> {
         ChildEnvironment::new(log_dir, workdir).with_python_helper(&state_dir).map_err(|err| {
             BadInput(format!("cannot write the Python helper into {}: {err}", state_dir.display()))
         })?;
+    cli.metrics.serve()?;
     let slots = cli
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));

@@ -41,6 +41,7 @@ mod election;
 mod recovery;
 mod running;
 mod status;
+mod stream_metrics;
 mod traces;
 mod transport;
 
@@ -59,6 +60,7 @@ use election::{keep_lease, stand_by};
 use recovery::recover;
 use running::{RunningWorkers, follow_running};
 use status::{claim_status, publish_spec, status_of, write_final_status, write_status};
+use stream_metrics::{Leading, TailPosition, watch_event_stream};
 use transport::{NatsSchedulerTransport, REMOVALS_CAPACITY, remove_applied_batches};
 
 /// How one scheduler replica runs.
@@ -181,6 +183,7 @@ pub async fn run_replica(
     };
     let epoch = guard.epoch();
     info!(run = %run, epoch, holder = %options.holder.id, "leading the run");
+    let _leading = Leading::start(epoch);
     let lost = || ReplicaError::LeaseLost { run: run.clone(), epoch };
     let stop = CancellationToken::new();
     // Helpers stop with the replica, also when its future is dropped.
@@ -223,6 +226,8 @@ pub async fn run_replica(
     for event in &recovered.events {
         fence.is_stale(event);
     }
+    let tail = TailPosition::default();
+    tail.read_through(recovered.replay.caught_up_at());
     let transport = NatsSchedulerTransport {
         nats: nats.clone(),
         run: run.clone(),
@@ -246,6 +251,7 @@ pub async fn run_replica(
             epoch,
             options.holder.id.to_string(),
         ),
+        tail: tail.clone(),
     };
     let actor = RunScheduler::new(
         options.pipeline.clone(),
@@ -277,6 +283,7 @@ pub async fn run_replica(
         guard.clone(),
         stop.clone(),
     ));
+    helpers.spawn(watch_event_stream(streams.clone(), tail, stop.clone()));
     helpers.spawn(remove_applied_batches(
         streams.clone(),
         removal_queue,

@@ -29,6 +29,7 @@ use daisy_core::Pipeline;
 use daisy_nats::{Nats, RunStreams};
 use daisy_proto::subjects::{EventScope, MsgId, is_fence_subject};
 use daisy_proto::{Event, OutcomeKind};
+use daisy_telemetry::metrics::{labels, names};
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 
@@ -172,6 +173,8 @@ async fn queued_batches(
             Ok(dispatch) => batches.push(QueuedBatch { batch: BatchId(sequence), dispatch }),
             Err(err) => {
                 warn!(sequence, error = %err, "undecodable block message removed");
+                metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "block")
+                    .increment(1);
                 let _ = streams.delete_block_message(sequence).await;
             }
         }
@@ -190,15 +193,24 @@ async fn replay_events(
         .map_err(|e| ReplicaError::nats("replaying the event stream", e))?;
     let caught_up_at = replay.caught_up_at();
     let mut events = Vec::new();
+    metrics::gauge!(names::REPLAY_TARGET_SEQUENCE).set(caught_up_at as f64);
+    let (replayed, replayed_through) =
+        (metrics::counter!(names::REPLAY_EVENTS_TOTAL), metrics::gauge!(names::REPLAY_SEQUENCE));
     if caught_up_at == 0 {
         return Ok((events, replay));
     }
     while let Some(item) = replay.next().await {
         let (sequence, event) =
             item.map_err(|e| ReplicaError::nats("replaying the event stream", e))?;
+        replayed.increment(1);
+        replayed_through.set(sequence as f64);
         match event {
             Ok(event) => events.push(event),
-            Err(err) => warn!(sequence, error = %err, "undecodable event ignored"),
+            Err(err) => {
+                warn!(sequence, error = %err, "undecodable event ignored");
+                metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "event")
+                    .increment(1);
+            }
         }
         if sequence >= caught_up_at {
             break;

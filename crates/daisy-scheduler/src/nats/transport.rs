@@ -17,6 +17,7 @@ use daisy_core::{Pipeline, TaskIndex};
 use daisy_nats::{Nats, PublishError, Published, RunStreams};
 use daisy_proto::subjects::{EventScope, MsgId};
 use daisy_proto::{Dispatch, EpochFence, Event, RunId};
+use daisy_telemetry::metrics::{labels, names};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,8 @@ pub(super) struct NatsSchedulerTransport {
     pub running: super::running::RunningWorkers,
     /// This leader's spans of each block's trace, when spans are exported.
     pub traces: Option<BlockTraces>,
+    /// How far the live tail has read, for the lag metric.
+    pub tail: super::stream_metrics::TailPosition,
 }
 
 impl NatsSchedulerTransport {
@@ -279,10 +282,13 @@ impl SchedulerTransport for NatsSchedulerTransport {
                 }
             };
             self.next_sequence = sequence + 1;
+            self.tail.read_through(sequence);
             let event = match event {
                 Ok(event) => event,
                 Err(err) => {
                     self.undecodable_events += 1;
+                    metrics::counter!(names::BAD_MESSAGES_TOTAL, labels::STREAM => "event")
+                        .increment(1);
                     warn!(sequence, error = %err, undecodable_events = self.undecodable_events, "undecodable event ignored");
                     continue;
                 }
