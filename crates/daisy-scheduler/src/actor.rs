@@ -721,6 +721,7 @@ impl<T: SchedulerTransport> RunScheduler<T> {
                 );
                 metrics::counter!("daisy_stragglers_total", "task" => task_id.to_string())
                     .increment(1);
+                self.transport.straggler(task, block.index, block.attempt);
             }
             per_task[task.get()].stragglers.push(straggler);
         }

@@ -154,6 +154,12 @@ pub trait SchedulerTransport: Send {
         Vec::new()
     }
 
+    /// Attempt `attempt` of block `index` of `task` became a straggler (once per attempt):
+    /// a transport that records the block's trace marks it there. The default ignores it.
+    fn straggler(&mut self, task: TaskIndex, index: u64, attempt: u32) {
+        let _ = (task, index, attempt);
+    }
+
     /// How many batches of `task` may be in flight at once.
     fn batch_capacity(&self, task: TaskIndex) -> usize;
 

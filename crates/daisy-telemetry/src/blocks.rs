@@ -112,7 +112,11 @@ impl SamplingPolicy {
     /// Whether an attempt's spans are kept: by id, or because the attempt failed, is a retry
     /// or a redelivery, or took at least [`SamplingPolicy::slow`].
     pub fn keeps(&self, trace: BlockTraceId, attempt: Attempt) -> bool {
-        attempt.failed || attempt.retried || attempt.took >= self.slow || self.by_id(trace)
+        attempt.failed
+            || attempt.retried
+            || attempt.straggler
+            || attempt.took >= self.slow
+            || self.by_id(trace)
     }
 }
 
@@ -131,6 +135,8 @@ pub struct Attempt {
     pub retried: bool,
     /// How long it took.
     pub took: Duration,
+    /// The scheduler saw it run far longer than its task's median (a straggler).
+    pub straggler: bool,
 }
 
 /// A span id derived from the block's trace id, a tag naming the span's role and numbers

@@ -63,7 +63,7 @@ pub(crate) fn emit_batch(
         let failed = matches!(result.outcome, OutcomeKind::Failed { .. });
         let took = timing.end.duration_since(timing.start).unwrap_or(Duration::ZERO);
         let retried = result.attempt > 1 || trace.delivery > 1;
-        if !policy.keeps(trace_id, Attempt { failed, retried, took }) {
+        if !policy.keeps(trace_id, Attempt { failed, retried, took, straggler: false }) {
             continue;
         }
         let parent = blocks::dispatch_span_id(trace_id, trace.batch);

@@ -116,6 +116,31 @@ for line in sys.stdin:
     assert!(!out.contains(r#""status": "success""#), "replies are not logged:\n{out}");
 }
 
+/// Lines that only look like replies are not protocol errors: a script that echoes its
+/// block line (it has a `block_id` but no `status`) or that replies twice for one block
+/// (the second reply arrives while the next block is in flight) keeps its child and
+/// every block succeeds.
+#[test]
+fn echoed_block_lines_and_a_repeated_reply_are_not_protocol_errors() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut worker = python_worker(
+        &dir,
+        r#"
+import json, sys
+for line in sys.stdin:
+    i = json.loads(line)["block_id"]
+    print(line.strip(), flush=True)
+    reply = json.dumps({"block_id": i, "status": "success"})
+    print(reply, flush=True)
+    print(reply, flush=True)
+"#,
+    );
+    for id in 1..=4 {
+        assert_eq!(worker.process(&block(id), Duration::from_secs(60)), Ok(()), "block {id}");
+    }
+    assert_eq!(worker.restarts(), 0, "the child was never restarted");
+    worker.shutdown(Duration::from_secs(5));
+}
 /// Issue 14, item 2: a reply with a typo or for another block used to be logged and the
 /// block left waiting for its timeout (10 minutes by default), which the summary then
 /// blamed. It fails the block at once, quoting the line, and the next block gets a fresh

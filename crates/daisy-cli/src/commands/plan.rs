@@ -70,7 +70,8 @@ pub fn run(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let pipeline = load_pipeline(&args.file)?;
     let pipeline_dir = args.file.parent().unwrap_or(Path::new("."));
     for warning in missing_programs(&pipeline, pipeline_dir) {
-        eprintln!("warning: {warning}");
+        // Not eprintln!: a closed stderr (`2>&1 | head`) must not panic.
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
     }
     let simulated = args.simulate.then(|| simulate(&pipeline, !args.json)).transpose()?;
     match write_plan(&args, &pipeline, simulated) {

@@ -12,7 +12,7 @@ use clap::Args;
 use daisy_nats::TaskStatus;
 use serde::Serialize;
 
-use crate::operator::{Leader, RunState, ServerArgs, print_json, runtime};
+use crate::operator::{Leader, RunState, ServerArgs, Session, print_json, runtime};
 
 const AFTER_HELP: &str = concat!(
     "\
@@ -114,26 +114,38 @@ impl StatusJson {
 /// Runs `daisy status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let session = args.server.connect("daisy status").await?;
-        let streams = session.open(args.run.as_deref()).await?;
+        let mut session = args.server.connect("daisy status").await?;
+        let mut streams = session.open(args.run.as_deref()).await?;
         let terminal = std::io::stdout().is_terminal();
         let mut first = true;
+        // Set once the `daisy run` whose server this command watched has ended: the status
+        // it left was read from the store, and is the last one shown.
+        let mut ended = false;
         loop {
-            // The server of a local run goes with its `daisy run` (Ctrl-C there).
-            let run_ended = || session.local.as_ref().is_some_and(|local| local.run_ended());
-            let read = if first || !run_ended() { RunState::read(&streams).await } else {
+            // The server of a local run goes with its `daisy run` (when it finished, or on
+            // Ctrl-C there): read what it left from the store, on a server of this command's.
+            let run_ended = |session: &Session| {
+                session.local.as_ref().is_some_and(|local| local.run_ended())
+            };
+            let read = if first || !run_ended(&session) {
+                RunState::read(&streams).await
+            } else {
                 Err(anyhow::anyhow!("the daisy run ended"))
             };
             let state = match read {
                 Ok(state) => state,
-                Err(_) if !first && run_ended() => {
-                    let run = streams.run();
-                    eprintln!(
-                        "daisy: the daisy run of '{run}' ended before the run finished, and its \
-                         server with it; resume it with:\n{}",
-                        session.resume_hint(run)
-                    );
-                    break anyhow::Ok(ExitCode::from(crate::EXIT_FAILED));
+                Err(err) if !first && !ended && session.local.is_some() => {
+                    let run = streams.run().clone();
+                    drop(streams);
+                    drop(session);
+                    // The run's server stops a moment after its `daisy run` wrote the last
+                    // status; connecting waits for its lock and starts one on the store.
+                    session = args.server.connect("daisy status").await.with_context(|| {
+                        format!("reading run '{run}' after its daisy run ended ({err:#})")
+                    })?;
+                    streams = session.open(Some(run.as_str())).await?;
+                    ended = true;
+                    continue;
                 }
                 Err(err) => return Err(err),
             };
@@ -164,6 +176,15 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
             first = false;
             let over = state.finished() || (state.cancelled() && state.leader.is_none());
+            if ended && !over {
+                eprintln!(
+                    "daisy: the daisy run of '{}' ended before the run finished, and its server \
+                     with it; resume it with:\n{}",
+                    state.run,
+                    session.resume_hint(&state.run)
+                );
+                break anyhow::Ok(ExitCode::from(crate::EXIT_FAILED));
+            }
             // No daisy run runs here, and none can start while this command holds the
             // store: nothing would change.
             let idle = session.local.as_ref().is_some_and(|local| local.idle());

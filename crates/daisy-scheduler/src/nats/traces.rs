@@ -31,6 +31,8 @@ struct Life {
     attempts: u32,
     failed: bool,
     retried: bool,
+    /// When the leader saw it run far longer than its task's median (and which attempt).
+    straggler: Option<(SystemTime, u32)>,
 }
 
 /// The block spans of one leader.
@@ -75,7 +77,16 @@ impl BlockTraces {
                 attempts: 0,
                 failed: false,
                 retried: work.attempt > 1,
+                straggler: None,
             });
+        }
+    }
+
+    /// The block runs far longer than its task's median: its trace is kept whatever the
+    /// ratio, and its lifetime span says when it was seen.
+    pub fn straggler(&mut self, task: TaskIndex, index: u64, attempt: u32) {
+        if let Some(life) = self.lives.get_mut(&(task, index)) {
+            life.straggler.get_or_insert((SystemTime::now(), attempt));
         }
     }
 
@@ -109,6 +120,7 @@ impl BlockTraces {
                 attempts: 0,
                 failed: false,
                 retried: true,
+                straggler: None,
             });
             let took = now.duration_since(dispatched_at).unwrap_or(Duration::ZERO);
             let (attempt, outcome, error, terminal) = match result {
@@ -134,7 +146,9 @@ impl BlockTraces {
             life.attempts += u32::from(result.is_some());
             life.failed |= error.is_some();
             life.retried |= retried;
-            let sampled = policy.keeps(trace, Attempt { failed: error.is_some(), retried, took });
+            let straggler = life.straggler.is_some_and(|(_, seen)| seen == attempt);
+            let attempt_seen = Attempt { failed: error.is_some(), retried, took, straggler };
+            let sampled = policy.keeps(trace, attempt_seen);
             if sampled {
                 let mut span = SpanRecord::new("dispatch", trace, dispatched_at, now);
                 span.id = Some(blocks::dispatch_span_id(trace, batch));
@@ -155,6 +169,7 @@ impl BlockTraces {
                     ),
                     blocks::KeyValue::new("daisy.outcome", outcome),
                     blocks::KeyValue::new("daisy.adopted", adopted),
+                    blocks::KeyValue::new("daisy.straggler", straggler),
                 ]);
                 span.error = error;
                 span.links.extend(link.clone());
@@ -179,7 +194,8 @@ impl BlockTraces {
         event: Option<&'static str>,
     ) {
         let took = end.duration_since(life.start).unwrap_or(Duration::ZERO);
-        let attempt = Attempt { failed: life.failed, retried: life.retried, took };
+        let straggler = life.straggler.is_some();
+        let attempt = Attempt { failed: life.failed, retried: life.retried, took, straggler };
         if !blocks::policy().keeps(place.trace, attempt) {
             return;
         }
@@ -193,6 +209,14 @@ impl BlockTraces {
         ]);
         if status == "failed" {
             span.error = Some(format!("the block failed after {} attempts", life.attempts));
+        }
+        if let Some((seen, attempt)) = life.straggler {
+            let attempt = blocks::KeyValue::new("daisy.attempt", i64::from(attempt));
+            span.events.push((
+                "straggler: running far longer than the task's median",
+                seen,
+                vec![attempt],
+            ));
         }
         if let Some(event) = event {
             span.events.push((event, end, Vec::new()));

@@ -338,6 +338,12 @@ impl SchedulerTransport for NatsSchedulerTransport {
         self.running.running_now()
     }
 
+    fn straggler(&mut self, task: TaskIndex, index: u64, attempt: u32) {
+        if let Some(traces) = &mut self.traces {
+            traces.straggler(task, index, attempt);
+        }
+    }
+
     async fn remove_batch(&mut self, _task: TaskIndex, batch: BatchId) {
         if let Some(traces) = &mut self.traces {
             traces.batch_done(batch.0);

@@ -332,6 +332,7 @@ impl WorkerProcess {
             waiter: Some(waiter),
             exit: None,
             stdout_closed: false,
+            last_answered: None,
         })
     }
 }
@@ -389,6 +390,9 @@ struct RunningWorker {
     exit: Option<Result<ExitStatus, String>>,
     /// Set once the reader reported EOF.
     stdout_closed: bool,
+    /// The block the child answered last: a second reply for it (a script that replies
+    /// and also lets the helper reply) is a harmless stray, logged, not a protocol error.
+    last_answered: Option<u64>,
 }
 
 /// What to wait for in [`RunningWorker::wait_for`].
@@ -455,12 +459,35 @@ impl RunningWorker {
         }
         // One event decides: every event a child sends while a block is in flight either
         // answers it or ends the exchange (a protocol error, a death).
-        let event = match deadline {
-            Some(deadline) => {
-                self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        loop {
+            let event = match deadline {
+                Some(deadline) => {
+                    self.events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                }
+                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            if let Ok(WorkerEvent::Reply(reply, line)) = &event
+                && reply.block_id != block_id
+                && Some(reply.block_id) == self.last_answered
+            {
+                log_protocol_error(slot, self.pid, line, None);
+                continue;
             }
-            None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
+            let exchange = self.decide(event, block_id, slot);
+            if matches!(exchange, Exchange::Replied(_)) {
+                self.last_answered = Some(block_id);
+            }
+            return exchange;
+        }
+    }
+
+    /// What one event while `block_id` is in flight means for it.
+    fn decide(
+        &mut self,
+        event: Result<WorkerEvent, RecvTimeoutError>,
+        block_id: u64,
+        slot: &SlotConfig,
+    ) -> Exchange {
         match event {
             Ok(WorkerEvent::Reply(reply, _)) if reply.block_id == block_id => {
                 Exchange::Replied(reply)
@@ -676,8 +703,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|window| window == needle)
 }
 
-/// Whether a line that is not a valid reply is a JSON object with a `block_id`: a reply
-/// with a mistake (`"status": "sucess"`, `"block_id": "12"`), i.e. a bug in the worker's
+/// Whether a line that is not a valid reply is a JSON object with a `block_id` and a
+/// `status` (an echoed block line or a JSON log record has no `status`): a reply with a
+/// mistake (`"status": "sucess"`, `"block_id": "12"`), i.e. a bug in the worker's
 /// side of the protocol. Waiting for a valid reply then would only end at the block's
 /// timeout, so the caller fails the block at once instead.
 fn is_malformed_reply(line: &[u8]) -> bool {
@@ -686,7 +714,8 @@ fn is_malformed_reply(line: &[u8]) -> bool {
         && contains(body, b"\"block_id\"")
         && matches!(
             serde_json::from_slice(body),
-            Ok(serde_json::Value::Object(object)) if object.contains_key("block_id")
+            Ok(serde_json::Value::Object(object))
+                if object.contains_key("block_id") && object.contains_key("status")
         )
 }
 

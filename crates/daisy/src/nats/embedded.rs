@@ -130,6 +130,8 @@ pub struct EmbeddedServer {
     /// `<state-dir>/nats/url`, removed when the server goes, so that no
     /// command reads the address of a dead server.
     url_file: PathBuf,
+    /// `<state-dir>/nats/pid`, removed once the server is gone.
+    pid_file: PathBuf,
     /// Held while the server uses the store: one server per store.
     _lock: DirLock,
 }
@@ -167,18 +169,26 @@ impl EmbeddedServer {
         // The URL of a killed run's server: nobody may read it from now on.
         let url_file = state_dir.join(EMBEDDED_URL_FILE);
         let _ = std::fs::remove_file(&url_file);
-        stop_orphaned_server(&nats_dir);
-        let mut options = ServerOptions::new(nats_dir.join(STORE_DIR));
+        // Absolute, so that the server's command line names this store wherever the next
+        // command runs from: that is how a left-over server of this store is recognised.
+        let store =
+            std::fs::canonicalize(&nats_dir).unwrap_or_else(|_| nats_dir.clone()).join(STORE_DIR);
+        stop_orphaned_server(&nats_dir, &store);
+        let mut options = ServerOptions::new(store);
         options.log_file = Some(nats_dir.join("server.log"));
         options.ports_file_dir = Some(nats_dir.clone());
-        options.own_process_group = true;
+        // A run's server survives the first Ctrl-C (the run stops it after its workers
+        // finished); a command's short-lived server goes with the command's process group
+        // when the command is interrupted, instead of outliving it.
+        options.own_process_group = !holder.brief;
         let server = NatsServer::start(&options).map_err(EmbeddedServerError::Start)?;
         let pid = server.pid();
         if let Some(pid) = pid {
             let _ = std::fs::write(nats_dir.join(PID_FILE), pid.to_string());
             running_pids().push(pid);
         }
-        let server = Self { server, pid, url_file: url_file.clone(), _lock: lock };
+        let pid_file = nats_dir.join(PID_FILE);
+        let server = Self { server, pid, url_file: url_file.clone(), pid_file, _lock: lock };
         std::fs::write(&url_file, server.url())
             .map_err(|source| EmbeddedServerError::WriteUrl { path: url_file, source })?;
         Ok(server)
@@ -194,8 +204,12 @@ impl EmbeddedServer {
     /// Blocks until the server is gone.
     pub fn stop(mut self) {
         let _ = std::fs::remove_file(&self.url_file);
-        if let Err(err) = self.server.stop() {
-            warn!(error = %err, "could not stop the embedded nats-server");
+        match self.server.stop() {
+            // Gone: its pid may name another process from now on.
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.pid_file);
+            }
+            Err(err) => warn!(error = %err, "could not stop the embedded nats-server"),
         }
     }
 }
@@ -239,8 +253,12 @@ impl LocalServer {
 }
 
 /// How long starting a server waits for an operator command that holds the store for a
-/// moment (it reads a few keys and stops its server).
-const BRIEF_HOLDER_WAIT: Duration = Duration::from_secs(10);
+/// moment (it reads a few keys and stops its server; starting that server on a big store
+/// may take a while).
+const BRIEF_HOLDER_WAIT: Duration = Duration::from_secs(30);
+
+/// How long an operator command waits for another one's short-lived server to go.
+const BRIEF_COMMAND_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether a process holds the embedded server of `state_dir` now (a `daisy run`, or a
 /// command's short-lived server).
@@ -281,6 +299,7 @@ pub fn local_server(
     let lock_file = nats_dir.join(LOCK_FILE);
     let url_file = state_dir.join(EMBEDDED_URL_FILE);
     let deadline = Instant::now() + URL_WAIT;
+    let brief_deadline = Instant::now() + BRIEF_COMMAND_WAIT;
     loop {
         let held = run_lock::is_held(&lock_file).map_err(|source| {
             EmbeddedServerError::Lock(LockError::Io { path: lock_file.clone(), source })
@@ -295,6 +314,19 @@ pub fn local_server(
                 Err(EmbeddedServerError::InUse { .. }) => {}
                 Err(err) => return Err(err),
             }
+        }
+        // Another command's short-lived server is no run: joining it would lose it when that
+        // command ends in a moment. Wait for it to go (and start this command's own), or say
+        // that no run runs.
+        if let Some(other) = run_lock::read_holder(&lock_file).filter(|other| other.brief) {
+            if !start_if_idle {
+                return Err(EmbeddedServerError::NotRunning { dir: state_dir.to_path_buf() });
+            }
+            if Instant::now() >= brief_deadline {
+                return Err(EmbeddedServerError::InUse { dir: nats_dir, holder: Some(other) });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
         }
         match std::fs::read_to_string(&url_file) {
             Ok(url) if !url.trim().is_empty() => {
@@ -330,12 +362,15 @@ pub fn kill_embedded_servers() {
 
 /// Stops a nats-server that a killed run left running on this store (the
 /// caller holds the lock, so no live run uses it).
-fn stop_orphaned_server(nats_dir: &Path) {
+fn stop_orphaned_server(nats_dir: &Path, store: &Path) {
     let Ok(text) = std::fs::read_to_string(nats_dir.join(PID_FILE)) else { return };
     let Ok(pid) = text.trim().parse::<u32>() else { return };
+    // The pid names the left-over server only if that process serves this very store: a
+    // pid reused by another process (even another nats-server) is left alone.
+    let store = store.as_os_str().as_encoded_bytes().to_vec();
     let is_nats = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim() == "nats-server")
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmdline| cmdline.split(|&b| b == 0).any(|arg| arg == store.as_slice()))
     };
     if !is_nats(pid) {
         return;
