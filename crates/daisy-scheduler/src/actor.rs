@@ -195,8 +195,10 @@ impl<T: SchedulerTransport> RunScheduler<T> {
         }
         // Counters from the first moment: a status written before the first tick must not
         // show an empty run (right after a failover it shows the replayed counters).
-        actor.publish(false, false);
+        // The metrics first: what the replay rebuilt finished under earlier leaders, and
+        // must not be counted again as finished now.
         actor.metrics.start_from(&actor.core);
+        actor.publish(false, false);
         actor
     }
 

@@ -90,6 +90,17 @@ pub(crate) struct SchedulerMetrics {
     published_stale: u64,
 }
 
+impl Drop for SchedulerMetrics {
+    /// The actor ends (its run ended, or this replica no longer leads): a standby must not
+    /// go on showing the blocks of a run it no longer schedules (summed over replicas they
+    /// would count twice).
+    fn drop(&mut self) {
+        for metrics in &self.tasks {
+            metrics.states.iter().for_each(|gauge| gauge.set(0.0));
+        }
+    }
+}
+
 impl SchedulerMetrics {
     /// Handles for every task of `pipeline`.
     pub(crate) fn new(pipeline: &Pipeline) -> Self {

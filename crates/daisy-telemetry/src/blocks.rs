@@ -105,7 +105,7 @@ impl SamplingPolicy {
         if self.ratio >= 1.0 {
             return true;
         }
-        let low = (trace.to_u128() as u64) & (u64::MAX >> 1);
+        let low = (trace.to_u128() as u64) >> 1;
         (low as f64) < self.ratio * (1u64 << 63) as f64
     }
 

@@ -216,11 +216,21 @@ enum Endpoint {
 }
 
 impl Endpoint {
-    fn shown(&self) -> &str {
+    /// The URL for messages and logs: without user info or query, which may hold secrets.
+    fn shown(&self) -> String {
         match self {
-            Endpoint::Given(url) | Endpoint::Environment(url) => url,
+            Endpoint::Given(url) | Endpoint::Environment(url) => without_secrets(url),
         }
     }
+}
+
+/// `url` without its user info (`user:token@`) and query (`?token=…`).
+fn without_secrets(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if scheme.is_empty() { format!("{host}{path}") } else { format!("{scheme}://{host}{path}") }
 }
 
 /// The tracer provider: OTLP/HTTP exporter behind the batch processor, the service name, and
@@ -243,7 +253,7 @@ fn provider(service: &str, endpoint: &Endpoint) -> Result<SdkTracerProvider, Ini
     })?;
     let exporter = WarnOnFailure {
         inner: exporter,
-        endpoint: endpoint.shown().to_owned(),
+        endpoint: endpoint.shown(),
         failing: Arc::new(AtomicBool::new(false)),
     };
     let service = std::env::var("OTEL_SERVICE_NAME")
@@ -294,5 +304,20 @@ impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_secrets;
+
+    #[test]
+    fn endpoints_are_shown_without_credentials() {
+        assert_eq!(
+            without_secrets("https://user:token@collector:4318/v1/traces?key=s3cret"),
+            "https://collector:4318/v1/traces"
+        );
+        assert_eq!(without_secrets("http://localhost:4318"), "http://localhost:4318");
+        assert_eq!(without_secrets("collector:4318/x#frag"), "collector:4318/x");
     }
 }

@@ -46,8 +46,15 @@ impl Leading {
 }
 
 impl Drop for Leading {
+    /// A replica that no longer leads says nothing of the run: its last stream size and lag
+    /// would stay (an alert on lag would fire for ever), so they go to zero with it.
     fn drop(&mut self) {
         gauge!(names::LEADER).set(0.0);
+        for name in
+            [names::EVENT_STREAM_BYTES, names::EVENT_STREAM_MESSAGES, names::SCHEDULER_LAG_EVENTS]
+        {
+            gauge!(name).set(0.0);
+        }
     }
 }
 

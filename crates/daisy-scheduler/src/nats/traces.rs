@@ -9,7 +9,7 @@
 //!
 //! Only built when spans are exported: the state is a map over the blocks in flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -45,7 +45,15 @@ pub(super) struct BlockTraces {
     took_over: SystemTime,
     batches: HashMap<u64, Batch>,
     lives: HashMap<(TaskIndex, u64), Life>,
+    /// Batches whose every outcome was applied (the latest [`DONE_BATCHES`]): a late report
+    /// of one (a second worker's, after a redelivery) is stale, and must not open spans of
+    /// blocks that already ended.
+    done: HashSet<u64>,
+    done_order: VecDeque<u64>,
 }
+
+/// How many finished batches [`BlockTraces`] remembers, for refusing their late reports.
+const DONE_BATCHES: usize = 65_536;
 
 impl BlockTraces {
     /// The spans of the leader of `epoch`, or `None` when spans are not exported.
@@ -58,6 +66,8 @@ impl BlockTraces {
             took_over: SystemTime::now(),
             batches: HashMap::new(),
             lives: HashMap::new(),
+            done: HashSet::new(),
+            done_order: VecDeque::new(),
         })
     }
 
@@ -93,6 +103,14 @@ impl BlockTraces {
     /// Every outcome of `batch` is applied.
     pub fn batch_done(&mut self, batch: u64) {
         self.batches.remove(&batch);
+        if self.done.insert(batch) {
+            self.done_order.push_back(batch);
+            if self.done_order.len() > DONE_BATCHES
+                && let Some(oldest) = self.done_order.pop_front()
+            {
+                self.done.remove(&oldest);
+            }
+        }
     }
 
     /// Closes the dispatch spans of the blocks `report` settles, and the lifetime spans of
@@ -101,6 +119,9 @@ impl BlockTraces {
         let Some(task) = self.pipeline.task_index(&report.task) else { return };
         let now = SystemTime::now();
         let batch = report.dispatch_sequence;
+        if self.done.contains(&batch) {
+            return;
+        }
         let (dispatched_at, link, adopted) = match self.batches.get(&batch) {
             Some(known) => (known.at, known.link.clone(), false),
             None => (self.took_over, None, true),
