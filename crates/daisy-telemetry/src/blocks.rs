@@ -342,10 +342,7 @@ pub fn current_span_context() -> Option<SpanContext> {
     if !enabled() {
         return None;
     }
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let sc = span.span_context();
-    sc.is_valid().then(|| sc.clone())
+    crate::propagation::valid_span_context(&tracing::Span::current().context())
 }
 
 #[cfg(test)]

@@ -21,7 +21,11 @@ pub fn inject_current(carrier: &mut dyn Injector) {
 
 /// The span context a carrier holds, if it holds a valid one.
 pub fn extract(carrier: &dyn Extractor) -> Option<SpanContext> {
-    let cx = TraceContextPropagator::new().extract(carrier);
+    valid_span_context(&TraceContextPropagator::new().extract(carrier))
+}
+
+/// The span context of `cx`, if it is a valid one.
+pub(crate) fn valid_span_context(cx: &opentelemetry::Context) -> Option<SpanContext> {
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid().then(|| sc.clone())
